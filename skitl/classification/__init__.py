@@ -1,0 +1,5 @@
+"""Transfer-learning classifiers."""
+
+from ._transfer import TransferClassifier
+
+__all__ = ["TransferClassifier"]

@@ -1,0 +1,809 @@
+"""TransferClassifier: fine-tune a pretrained network as a scikit-learn classifier.
+
+The estimator is a thin scikit-learn shell around a skorch
+``NeuralNetClassifier``: it builds skitl's own copy of the network
+(:mod:`skitl._network`), replaces the head for the target classes, applies the
+transfer strategy (which parameters train, at which learning rate, which
+modules stay in eval mode), optionally prunes the training data with a
+selector, and hands the rest to skorch.
+"""
+
+import contextlib
+import numbers
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn as nn
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.exceptions import DataConversionWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import assert_all_finite, check_random_state
+from sklearn.utils._param_validation import (
+    HasMethods,
+    Interval,
+    StrOptions,
+)
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+from skorch import NeuralNetClassifier
+from skorch.callbacks import EarlyStopping
+from torch.utils.data import Dataset
+
+from .._network import (
+    build_network,
+    freeze_parameters,
+    reinit_parameters,
+    replace_head,
+)
+from ..utils import check_X, check_y, resolve_device, torch_generator
+
+_OPTIMIZERS = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+_STRATEGIES = ("finetune", "linear_probe", "partial", "scratch")
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+# ---------------------------------------------------------------------------
+# Data plumbing (module level so everything pickles)
+# ---------------------------------------------------------------------------
+
+
+def _is_dataset(X):
+    return not isinstance(X, (np.ndarray, torch.Tensor)) and (
+        isinstance(X, Dataset)
+        or (
+            hasattr(X, "__getitem__")
+            and hasattr(X, "__len__")
+            and hasattr(X, "dataset")
+        )
+    )
+
+
+def _to_tensor(x):
+    """One sample as a float32 tensor; uint8 images are scaled to [0, 1]."""
+    if hasattr(x, "getbands"):  # PIL image
+        from torchvision.transforms.functional import to_tensor
+
+        return to_tensor(x)
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.array(x))  # copy: never share the user's memory
+    elif not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()
+
+
+def _item_x(item):
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _label(value):
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value
+
+
+class _TransferDataset(Dataset):
+    """Samples as ``(x, y)`` tensors for skorch, from an array or a dataset.
+
+    ``indices`` selects a subset without copying; ``transform`` is applied to
+    each sample (training only: the split below never gives it to the
+    validation part, and prediction builds a dataset without it).
+    """
+
+    def __init__(self, X, y=None, *, indices=None, transform=None):
+        self.X = X
+        self.y = y
+        self.indices = indices
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.X) if self.indices is None else len(self.indices)
+
+    def view(self, indices, transform=None):
+        base = np.arange(len(self.X)) if self.indices is None else self.indices
+        return _TransferDataset(
+            self.X, self.y, indices=base[np.asarray(indices)], transform=transform
+        )
+
+    def __getitem__(self, i):
+        j = int(i if self.indices is None else self.indices[i])
+        x = self.X[j]
+        x = _to_tensor(x if isinstance(self.X, np.ndarray) else _item_x(x))
+        if self.transform is not None:
+            x = self.transform(x)
+        y = 0 if self.y is None else self.y[j]
+        return x, torch.as_tensor(y, dtype=torch.long)
+
+
+class _Split:
+    """skorch ``train_split``: a fixed stratified validation part, by index.
+
+    Only indices are stored (not data), so the fitted net stays small when
+    pickled. The training part gets the train-time ``transform``.
+    """
+
+    def __init__(self, valid_indices=None, transform=None):
+        self.valid_indices = valid_indices
+        self.transform = transform
+
+    def __call__(self, dataset, y=None, **fit_params):
+        n = len(dataset)
+        if self.valid_indices is None:
+            return dataset.view(np.arange(n), self.transform), None
+        mask = np.ones(n, dtype=bool)
+        mask[self.valid_indices] = False
+        return (
+            dataset.view(np.flatnonzero(mask), self.transform),
+            dataset.view(self.valid_indices),
+        )
+
+
+class _TransferNet(NeuralNetClassifier):
+    """skorch classifier that trains only ``requires_grad`` parameters and
+    keeps the ``eval_modules`` in eval mode while training.
+
+    Keeping frozen BatchNorm layers in eval mode is what makes a linear probe
+    a linear probe: in train mode they would normalise with batch statistics
+    and overwrite their running statistics.
+    """
+
+    def __init__(self, module, *args, eval_modules=(), **kwargs):
+        super().__init__(module, *args, **kwargs)
+        self.eval_modules = eval_modules
+
+    def _set_training(self, training=True):
+        super()._set_training(training)
+        if training and self.eval_modules:
+            for name in self.eval_modules:
+                self.module_.get_submodule(name).eval()
+
+    def get_all_learnable_params(self):
+        for name, param in super().get_all_learnable_params():
+            if param.requires_grad:
+                yield name, param
+
+
+@contextlib.contextmanager
+def _seeded(seed, device):
+    """Seed torch's CPU (and the used CUDA device's) generator, then restore it."""
+    devices = []
+    if str(device).startswith("cuda"):
+        index = torch.device(device).index
+        devices = [torch.cuda.current_device() if index is None else index]
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        for d in devices:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _as_list(patterns):
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
+# ---------------------------------------------------------------------------
+# The estimator
+# ---------------------------------------------------------------------------
+
+
+class TransferClassifier(ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained network on a target task, scikit-learn style.
+
+    The network is built from ``module`` and ``weights`` (never the caller's
+    object: instances are copied), its classification layer is replaced by a
+    new one for the target classes, and it is trained with skorch according to
+    ``strategy``. With a ``selector``, the training data are pruned first
+    (instance-based transfer: remove harmful samples, then fine-tune).
+
+    Parameters
+    ----------
+    module : str, nn.Module class, callable or nn.Module instance
+        A torchvision model name (``"resnet50"``, built through
+        ``torchvision.models.get_model``), an ``nn.Module`` subclass or a
+        factory called without arguments, or an instance (deep-copied, never
+        trained in place).
+    weights : None, str, path-like or dict, default=None
+        Pretrained weights. ``None`` keeps the module's own parameters (useful
+        for an instance that is already trained). A torchvision weights name
+        (``"DEFAULT"``, ``"IMAGENET1K_V1"``) with a torchvision model name
+        (downloads on first use). A path to a file written by ``torch.save``
+        holding a state dict or a checkpoint with a ``"state_dict"`` entry
+        (a ``module.`` prefix from DataParallel is removed), or a state dict.
+        Keys must match the network except the head's. Ignored by
+        ``strategy="scratch"``.
+    head : str, default=None
+        Dotted name of the classification layer (an ``nn.Linear``). ``None``
+        finds it for ResNet / RegNet (``fc``), VGG / DenseNet / MobileNet /
+        EfficientNet / ConvNeXt (``classifier``), ViT (``heads``), Swin
+        (``head``) and any module whose last ``nn.Linear`` is the head.
+    strategy : {"finetune", "linear_probe", "partial", "scratch"}, default="finetune"
+        - ``"finetune"``: train all layers; pretrained layers at
+          ``lr * backbone_lr_scale``, the new head at ``lr``.
+        - ``"linear_probe"``: train only the new head. The backbone is frozen
+          and runs in eval mode (BatchNorm statistics and weights stay
+          bit-identical, no dropout before the head).
+        - ``"partial"``: the parameters matching ``reinit`` are
+          re-initialised (and trained at ``lr``), the rest copied from the
+          pretrained network (trained at ``lr * backbone_lr_scale``); variant
+          (b) of Wang et al. (2019).
+        - ``"scratch"``: no pretrained weights; the network's own
+          initialisation (a copy of an instance is re-initialised with each
+          layer's ``reset_parameters``), all layers at ``lr``.
+    reinit : str or list of str, default=None
+        Glob patterns (``fnmatch``) over parameter names, e.g.
+        ``["layer4.*"]``; a pattern also covers everything below the module
+        it names (``"layer4"``). Required by, and only allowed with,
+        ``strategy="partial"``.
+    freeze : str or list of str, default=None
+        Glob patterns of parameters to keep fixed, with any strategy.
+        BatchNorm layers whose parameters are all frozen also stay in eval
+        mode.
+    selector : object with ``fit_resample(X, y)``, default=None
+        Prunes the training data before fine-tuning; it is cloned and fitted
+        on each call to :meth:`fit`. When it has an ``estimator`` parameter
+        set to ``None`` (an ``InfluenceSampleSelector``), a clone of this
+        classifier without selector is given to it, so that it analyses this
+        classifier's pretrained network.
+    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
+        ``"sgd"`` uses momentum 0.9. A class is called as
+        ``optimizer(param_groups, lr=..., weight_decay=...)``.
+    lr : float, default=1e-3
+        Learning rate of new parameters (the head, re-initialised ones, all
+        of them for ``"scratch"``).
+    backbone_lr_scale : float, default=0.1
+        Factor on ``lr`` for pretrained parameters (``"finetune"``,
+        ``"partial"``). ``0`` keeps them in place but, unlike ``freeze``,
+        BatchNorm statistics still adapt.
+    weight_decay : float, default=0.0
+        Passed to the optimizer (decoupled for AdamW).
+    max_epochs : int, default=10
+        Number of training epochs (the most, with early stopping).
+    batch_size : int, default=64
+        Mini-batch size for training and prediction.
+    early_stopping : bool, default=False
+        Hold out a stratified ``validation_fraction`` of the training data,
+        stop when its loss has not improved for ``n_iter_no_change`` epochs,
+        and restore the best epoch's weights (kept in memory, no files).
+    validation_fraction : float, default=0.1
+        Fraction held out for early stopping (not used otherwise).
+    n_iter_no_change : int, default=5
+        Patience of early stopping, in epochs.
+    transform : callable, default=None
+        Applied to each training sample (a float tensor ``(C, H, W)`` or
+        ``(d,)``) at training time only, e.g. torchvision's
+        ``v2.RandomHorizontalFlip()``. Never applied for prediction or to the
+        early-stopping validation part.
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the head and re-initialisation, the validation split, the
+        shuffling and torch's generator during training (restored after), so
+        training on the CPU is repeatable.
+    verbose : int, default=0
+        ``0`` is silent; ``> 0`` prints skorch's table of epochs.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels (any type), sorted.
+    n_features_in_ : int
+        Number of values per sample seen in :meth:`fit`: the number of
+        features for 2-D input, the product of the per-sample shape
+        (``C * H * W``) for images.
+    feature_names_in_ : ndarray of str
+        Column names, when fitted on a DataFrame with string column names.
+    net_ : skorch.NeuralNetClassifier
+        The trained skorch net; ``net_.module_`` is the network and
+        ``net_.history`` the training history.
+    selector_ : object or None
+        The fitted clone of ``selector`` (``None`` without selector).
+
+    See Also
+    --------
+    skitl.InfluenceSampleSelector : scores and removes harmful samples.
+
+    Notes
+    -----
+    Inputs: float or uint8 arrays ``(N, C, H, W)`` (uint8 is scaled to
+    ``[0, 1]``; normalise as the network expects yourself), 2-D arrays for
+    MLP modules, or a torch ``Dataset`` yielding ``(x, y)`` (``y`` may then be
+    omitted) or ``x`` with ``y`` given. For cross-validation over a dataset,
+    wrap it in ``skorch.helper.SliceDataset``.
+
+    The ``transform`` parameter is an attribute like every parameter, and
+    scikit-learn duck-types transformers by ``hasattr(est, "transform")``:
+    a ``Pipeline`` or ``GridSearchCV`` ending in this classifier therefore
+    shows ``transform`` / ``fit_transform`` methods that do not work, and
+    ``check_estimator`` treats it as a transformer. Use ``predict`` /
+    ``predict_proba``.
+
+    References
+    ----------
+    T. Wang, J. Huan, M. Zhu. Instance-based Deep Transfer Learning. WACV
+    2019 (arXiv:1809.02776).
+
+    Examples
+    --------
+    >>> import numpy as np, torch.nn as nn
+    >>> from skitl import TransferClassifier
+    >>> def mlp():
+    ...     return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 10))
+    >>> X = np.random.RandomState(0).randn(40, 4).astype("float32")
+    >>> y = np.array(["a", "b"] * 20)
+    >>> clf = TransferClassifier(mlp, max_epochs=2, random_state=0).fit(X, y)
+    >>> clf.predict(X[:3]).shape
+    (3,)
+    """
+
+    _parameter_constraints = {
+        "module": [str, callable],
+        "weights": "no_validation",  # checked by build_network
+        "head": [None, str],
+        "strategy": [StrOptions(set(_STRATEGIES))],
+        "reinit": [None, str, list, tuple],
+        "freeze": [None, str, list, tuple],
+        "selector": [None, HasMethods(["fit_resample"])],
+        "optimizer": [StrOptions(set(_OPTIMIZERS)), callable],
+        "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
+        "transform": [None, callable],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        module,
+        weights=None,
+        *,
+        head=None,
+        strategy="finetune",
+        reinit=None,
+        freeze=None,
+        selector=None,
+        optimizer="adamw",
+        lr=1e-3,
+        backbone_lr_scale=0.1,
+        weight_decay=0.0,
+        max_epochs=10,
+        batch_size=64,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        transform=None,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.module = module
+        self.weights = weights
+        self.head = head
+        self.strategy = strategy
+        self.reinit = reinit
+        self.freeze = freeze
+        self.selector = selector
+        self.optimizer = optimizer
+        self.lr = lr
+        self.backbone_lr_scale = backbone_lr_scale
+        self.weight_decay = weight_decay
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.transform = transform
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- input validation ---------------------------------------------------
+
+    def _check_X(self, X, *, reset):
+        """Validate X; record (reset) or check its per-sample shape."""
+        if sp.issparse(X):
+            raise TypeError(
+                "Sparse input is not supported by TransferClassifier; convert it "
+                "with X.toarray()."
+            )
+        if _is_dataset(X):
+            X = check_X(X)
+            if reset:
+                x0 = _to_tensor(_item_x(X[0]))
+                self.n_features_in_ = int(np.prod(tuple(x0.shape)))
+                self._sample_ndim = x0.dim() + 1
+            return X
+        if isinstance(X, np.ndarray) and np.iscomplexobj(X):
+            raise ValueError("Complex data not supported.")
+        if isinstance(X, np.ndarray) and X.dtype == object:
+            # numbers stored as objects are fine; anything else raises
+            # TypeError naming the bad value.
+            X = X.astype(np.float64)
+        ndim = getattr(X, "ndim", None)
+        if ndim == 1:
+            raise ValueError(
+                f"Expected 2D array, got 1D array instead: shape {X.shape}. Reshape "
+                "your data either using array.reshape(-1, 1) if your data has a "
+                "single feature or array.reshape(1, -1) if it contains a single "
+                "sample."
+            )
+        if ndim == 2 and X.shape[1] == 0:
+            raise ValueError(
+                f"0 feature(s) (shape={tuple(X.shape)}) while a minimum of 1 is "
+                "required."
+            )
+        if ndim == 2:
+            # feature names and n_features_in_ the scikit-learn way
+            validate_data(self, X, reset=reset, skip_check_array=True)
+        X = check_X(X, allow_dataset=False)
+        if reset:
+            self.n_features_in_ = int(np.prod(X.shape[1:]))
+            self._sample_ndim = X.ndim
+            if X.ndim != 2 and hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        else:
+            if X.ndim != self._sample_ndim:
+                raise ValueError(
+                    f"X has {X.ndim} dimensions (shape {X.shape}), but "
+                    f"{type(self).__name__} was fitted on {self._sample_ndim}-D input."
+                )
+            if (
+                X.ndim > 2
+                and self._channels is not None
+                and X.shape[1] != self._channels
+            ):
+                raise ValueError(
+                    f"X has {X.shape[1]} channels, but {type(self).__name__} was "
+                    f"fitted on {self._channels}."
+                )
+        return X
+
+    @staticmethod
+    def _labels_from_dataset(X):
+        targets = getattr(X, "targets", None)
+        if targets is not None and len(targets) == len(X):
+            return np.asarray([_label(t) for t in targets])
+        labels = []
+        for i in range(len(X)):
+            item = X[i]
+            if not (isinstance(item, (tuple, list)) and len(item) >= 2):
+                raise ValueError(
+                    "y is None and the items of the X dataset are not (x, y) "
+                    "pairs; pass the labels as y."
+                )
+            labels.append(_label(item[1]))
+        return np.asarray(labels)
+
+    def _check_y(self, X, y):
+        if y is None:
+            if not _is_dataset(X):
+                raise ValueError(
+                    f"{type(self).__name__} requires y to be passed, but the target "
+                    "y is None."
+                )
+            y = self._labels_from_dataset(X)
+        elif _is_dataset(y):  # e.g. a skorch SliceDataset over the labels
+            y = np.asarray([_label(v) for v in y])
+        elif isinstance(y, torch.Tensor):
+            y = y.detach().cpu().numpy()
+        elif not hasattr(y, "to_numpy"):
+            y = np.asarray(y)
+        if getattr(y, "ndim", 1) == 2 and y.shape[1] == 1:
+            warnings.warn(
+                "A column-vector y was passed when a 1d array was expected. Please "
+                "change the shape of y to (n_samples,), for example using ravel().",
+                DataConversionWarning,
+                stacklevel=3,
+            )
+        y = check_y(y, n_samples=len(X))
+        if y.dtype.kind == "f":
+            assert_all_finite(y, input_name="y")
+        target_type = type_of_target(y, input_name="y")
+        if target_type not in ("binary", "multiclass"):
+            raise ValueError(
+                f"Unknown label type: {target_type!r}. {type(self).__name__} needs "
+                "class labels (binary or multiclass), not continuous targets."
+            )
+        return y
+
+    # -- building the network -----------------------------------------------
+
+    def _check_strategy_params(self):
+        if self.strategy == "partial" and not self.reinit:
+            raise ValueError(
+                "strategy='partial' needs reinit: glob patterns of the parameters "
+                "to re-initialise, e.g. reinit=['layer4.*']."
+            )
+        if self.reinit and self.strategy != "partial":
+            raise ValueError(
+                f"reinit is only used by strategy='partial', got "
+                f"strategy={self.strategy!r} with reinit={self.reinit!r}."
+            )
+        if not isinstance(self.optimizer, str) and isinstance(self.optimizer, type):
+            if not issubclass(self.optimizer, torch.optim.Optimizer):
+                raise TypeError(
+                    f"optimizer={self.optimizer!r} is not a torch.optim.Optimizer "
+                    "subclass."
+                )
+
+    def _build(self, n_classes, sample, seeds):
+        """Return the network and the settings that realise the strategy."""
+        strategy = self.strategy
+        with _seeded(seeds[0], "cpu"):
+            if strategy == "scratch":
+                # a fresh construction is the network's own initialisation;
+                # a copied instance is reset layer by layer.
+                net, head_name = build_network(self.module, None, head=self.head)
+                if isinstance(self.module, nn.Module):
+                    reinit_parameters(net, "*", random_state=seeds[0])
+            else:
+                net, head_name = build_network(
+                    self.module, self.weights, head=self.head
+                )
+        replace_head(net, head_name, n_classes, random_state=seeds[1])
+        if any(
+            isinstance(p, nn.parameter.UninitializedParameter) for p in net.parameters()
+        ):
+            # Lazy layers must see data before the optimizer is built.
+            self._dry_run(net, sample, seeds[1])
+        new = {
+            f"{head_name}.{n}"
+            for n, _ in net.get_submodule(head_name).named_parameters()
+        }
+        head_patterns = [f"{head_name}.*"]
+        if strategy == "partial":
+            new |= set(reinit_parameters(net, self.reinit, random_state=seeds[2]))
+            head_patterns += _as_list(self.reinit)
+        eval_modules = []
+        if strategy == "linear_probe":
+            for name, param in net.named_parameters():
+                if name not in new:
+                    param.requires_grad_(False)
+            eval_modules = self._modules_outside(net, head_name)
+        if self.freeze:
+            freeze_parameters(net, self.freeze)
+            for name, mod in net.named_modules():
+                params = list(mod.parameters(recurse=False))
+                if (
+                    isinstance(mod, _BATCHNORM)
+                    and params
+                    and not any(p.requires_grad for p in params)
+                    and not any(
+                        name.startswith(m + ".") or name == m for m in eval_modules
+                    )
+                ):
+                    eval_modules.append(name)
+        if not any(p.requires_grad for p in net.parameters()):
+            raise ValueError(
+                "Every parameter is frozen (freeze covers the whole network); "
+                "nothing would be trained."
+            )
+        if strategy == "scratch":
+            base_lr, groups = self.lr, []
+        else:
+            base_lr = self.lr * self.backbone_lr_scale
+            groups = [(p, {"lr": self.lr}) for p in head_patterns]
+            # a pattern naming a module covers what is below it (as in
+            # skitl._network.match_parameters)
+            groups += [(p + ".*", {"lr": self.lr}) for p in head_patterns[1:]]
+        return net, head_name, base_lr, groups, tuple(eval_modules)
+
+    @staticmethod
+    def _modules_outside(net, head_name):
+        """Top-most modules that are neither the head nor contain it."""
+        out = []
+        for name, _ in net.named_modules():
+            if not name or name == head_name or name.startswith(head_name + "."):
+                continue
+            if head_name.startswith(name + "."):  # an ancestor of the head
+                continue
+            if any(name.startswith(m + ".") for m in out):
+                continue
+            out.append(name)
+        return out
+
+    @staticmethod
+    def _dry_run(net, sample, seed):
+        with _seeded(seed, "cpu"), torch.no_grad():
+            was_training = net.training
+            net.eval()
+            try:
+                net(sample)
+            except Exception as exc:
+                raise ValueError(
+                    f"The network failed on input of shape {tuple(sample.shape)}: {exc}"
+                ) from exc
+            net.train(was_training)
+
+    def _make_optimizer_kwargs(self):
+        if isinstance(self.optimizer, str):
+            optimizer = _OPTIMIZERS[self.optimizer]
+            kwargs = {"optimizer__weight_decay": self.weight_decay}
+            if self.optimizer == "sgd":
+                kwargs["optimizer__momentum"] = 0.9
+        else:
+            optimizer = self.optimizer
+            kwargs = {"optimizer__weight_decay": self.weight_decay}
+        return optimizer, kwargs
+
+    # -- public API -----------------------------------------------------------
+
+    def fit(self, X, y=None):
+        """Build the network, optionally prune the data, and train.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or torch Dataset
+            Float or uint8 images ``(N, C, H, W)``, 2-D features for MLP
+            modules, or a ``Dataset`` (see the class notes).
+        y : array-like of shape (n_samples,), default=None
+            Class labels of any type; may be omitted when ``X`` is a dataset
+            yielding ``(x, y)`` pairs.
+
+        Returns
+        -------
+        self : TransferClassifier
+            The fitted classifier.
+        """
+        self._validate_params()
+        self._check_strategy_params()
+        X = self._check_X(X, reset=True)
+        y = self._check_y(X, y)
+        self._channels = None if _is_dataset(X) or X.ndim <= 2 else int(X.shape[1])
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"y has {len(self.classes_)} class; at least 2 classes are needed "
+                "to train a classifier."
+            )
+        rng = check_random_state(self.random_state)
+        seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=5)]
+
+        self.selector_ = None
+        if self.selector is not None:
+            X, y_enc = self._select(X, y)
+
+        device = resolve_device(self.device)
+        first = _TransferDataset(X, None)
+        sample = torch.stack([first[i][0] for i in range(min(2, len(first)))])
+        net, head_name, base_lr, groups, eval_modules = self._build(
+            len(self.classes_), sample, seeds
+        )
+        self._head_name = head_name
+
+        n = len(X)
+        valid_idx = None
+        if self.early_stopping:
+            valid_idx = self._validation_indices(y_enc, seeds[3])
+        n_train = n - (0 if valid_idx is None else len(valid_idx))
+        callbacks = []
+        if self.early_stopping:
+            callbacks.append(
+                (
+                    "early_stopping",
+                    EarlyStopping(
+                        monitor="valid_loss",
+                        patience=self.n_iter_no_change,
+                        load_best=True,
+                    ),
+                )
+            )
+        optimizer, opt_kwargs = self._make_optimizer_kwargs()
+        if groups:
+            opt_kwargs["optimizer__param_groups"] = groups
+        self.net_ = _TransferNet(
+            net,
+            criterion=nn.CrossEntropyLoss,
+            optimizer=optimizer,
+            lr=base_lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            train_split=_Split(valid_idx, self.transform),
+            classes=list(range(len(self.classes_))),
+            callbacks=callbacks,
+            iterator_train__shuffle=True,
+            iterator_train__generator=torch_generator(seeds[4]),
+            # a last batch of one sample breaks BatchNorm in train mode
+            iterator_train__drop_last=(
+                n_train > self.batch_size and n_train % self.batch_size == 1
+            ),
+            device=device,
+            verbose=self.verbose,
+            eval_modules=eval_modules,
+            **opt_kwargs,
+        )
+        dataset = _TransferDataset(X, np.asarray(y_enc, dtype=np.int64))
+        with _seeded(seeds[4], device):
+            self.net_.fit(dataset, y=None)
+        return self
+
+    def _validation_indices(self, y_enc, seed):
+        idx = np.arange(len(y_enc))
+        try:
+            _, valid = train_test_split(
+                idx,
+                test_size=self.validation_fraction,
+                stratify=y_enc,
+                random_state=seed,
+            )
+        except ValueError:
+            # a class with a single sample (or a tiny set) cannot be
+            # stratified; fall back to a plain random split
+            _, valid = train_test_split(
+                idx, test_size=self.validation_fraction, random_state=seed
+            )
+        if len(valid) == 0 or len(valid) == len(idx):
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} leaves no data for "
+                f"training or validation with {len(idx)} samples."
+            )
+        return np.sort(valid)
+
+    def _select(self, X, y):
+        # safe=False: any object with fit_resample works, estimator or not
+        sel = clone(self.selector, safe=False)
+        if hasattr(sel, "get_params"):
+            params = sel.get_params(deep=False)
+            if "estimator" in params and params["estimator"] is None:
+                # let it analyse this classifier's pretrained network
+                sel.set_params(estimator=clone(self).set_params(selector=None))
+        X_kept, y_kept = sel.fit_resample(X, y)
+        self.selector_ = sel
+        X_kept = check_X(X_kept, name="X returned by the selector")
+        y_kept = check_y(
+            y_kept if not _is_dataset(y_kept) else [_label(v) for v in y_kept],
+            name="y returned by the selector",
+            n_samples=len(X_kept),
+        )
+        unknown = ~np.isin(y_kept, self.classes_)
+        if unknown.any():
+            raise ValueError(
+                f"The selector returned labels not in y: {np.unique(y_kept[unknown])}."
+            )
+        return X_kept, np.searchsorted(self.classes_, y_kept)
+
+    def predict_proba(self, X):
+        """Class probabilities (softmax of the network's outputs).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or torch Dataset
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
+        """
+        check_is_fitted(self, "net_")
+        X = self._check_X(X, reset=False)
+        proba = self.net_.predict_proba(_TransferDataset(X, None))
+        proba = np.asarray(proba, dtype=np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict(self, X):
+        """Predicted class labels, of the type of ``y`` in :meth:`fit`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or torch Dataset
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+        """
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
