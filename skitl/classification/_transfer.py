@@ -169,6 +169,35 @@ class _TransferNet(NeuralNetClassifier):
             if param.requires_grad:
                 yield name, param
 
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        # skorch's partial_fit swallows KeyboardInterrupt and returns a
+        # half-trained net; keep the exception so TransferClassifier.fit can
+        # re-raise it instead of claiming to be fitted.
+        self._interrupt = None
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt as exc:
+            if not isinstance(exc, _StopTraining):  # not early stopping
+                self._interrupt = exc
+            raise
+
+
+class _StopTraining(KeyboardInterrupt):
+    """skorch's way to stop training (it catches KeyboardInterrupt), told
+    apart from a user's interrupt."""
+
+
+class _EarlyStopping(EarlyStopping):
+    """skorch ``EarlyStopping`` whose stop signal is a :class:`_StopTraining`."""
+
+    def on_epoch_end(self, net, **kwargs):
+        try:
+            super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt as exc:
+            if self.misses_ == self.patience:
+                raise _StopTraining from exc
+            raise
+
 
 @contextlib.contextmanager
 def _seeded(seed, device):
@@ -432,7 +461,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if isinstance(X, np.ndarray) and X.dtype == object:
             # numbers stored as objects are fine; anything else raises
             # TypeError naming the bad value.
-            X = X.astype(np.float64)
+            try:
+                X = X.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(
+                    f"X is an object array with non-numeric values: {exc}"
+                ) from exc
         ndim = getattr(X, "ndim", None)
         if ndim == 1:
             raise ValueError(
@@ -645,6 +679,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Build the network, optionally prune the data, and train.
 
+        A fit that fails or is interrupted (``KeyboardInterrupt``, also during
+        training, which skorch alone would swallow) re-raises and leaves the
+        estimator unfitted: every fitted attribute, including those of an
+        earlier successful fit, is removed.
+
         Parameters
         ----------
         X : array-like of shape (n_samples, ...) or torch Dataset
@@ -659,6 +698,22 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self : TransferClassifier
             The fitted classifier.
         """
+        try:
+            return self._fit(X, y)
+        except BaseException:
+            self._clear_fitted()
+            raise
+
+    def _clear_fitted(self):
+        for attr in list(vars(self)):
+            if (attr.endswith("_") and not attr.startswith("__")) or attr in (
+                "_head_name",
+                "_channels",
+                "_sample_ndim",
+            ):
+                delattr(self, attr)
+
+    def _fit(self, X, y):
         self._validate_params()
         self._check_strategy_params()
         X = self._check_X(X, reset=True)
@@ -675,7 +730,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
         self.selector_ = None
         if self.selector is not None:
-            X, y_enc = self._select(X, y)
+            X, y_enc = self._select(X, y, seeds[0])
 
         device = resolve_device(self.device)
         first = _TransferDataset(X, None)
@@ -695,7 +750,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             callbacks.append(
                 (
                     "early_stopping",
-                    EarlyStopping(
+                    _EarlyStopping(
                         monitor="valid_loss",
                         patience=self.n_iter_no_change,
                         load_best=True,
@@ -729,6 +784,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         dataset = _TransferDataset(X, np.asarray(y_enc, dtype=np.int64))
         with _seeded(seeds[4], device):
             self.net_.fit(dataset, y=None)
+        if getattr(self.net_, "_interrupt", None) is not None:
+            raise self.net_._interrupt
         return self
 
     def _validation_indices(self, y_enc, seed):
@@ -753,7 +810,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             )
         return np.sort(valid)
 
-    def _select(self, X, y):
+    def _select(self, X, y, seed):
         # safe=False: any object with fit_resample works, estimator or not
         sel = clone(self.selector, safe=False)
         if hasattr(sel, "get_params"):
@@ -761,7 +818,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             if "estimator" in params and params["estimator"] is None:
                 # let it analyse this classifier's pretrained network
                 sel.set_params(estimator=clone(self).set_params(selector=None))
-        X_kept, y_kept = sel.fit_resample(X, y)
+        # same torch seed as _build: a selector that builds the network from a
+        # factory analyses the very initialisation fine-tuned here, repeatably
+        with _seeded(seed, "cpu"):
+            X_kept, y_kept = sel.fit_resample(X, y)
         self.selector_ = sel
         X_kept = check_X(X_kept, name="X returned by the selector")
         y_kept = check_y(
@@ -807,3 +867,33 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         """
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy on ``(X, y)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or torch Dataset
+        y : array-like of shape (n_samples,)
+            True labels; every label must be one of ``classes_``.
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        score : float
+
+        Raises
+        ------
+        ValueError
+            If ``y`` holds labels the classifier never saw in :meth:`fit`
+            (they could never be predicted; :meth:`predict` itself works).
+        """
+        check_is_fitted(self, "net_")
+        y = self._check_y(X, y)
+        unseen = set(np.unique(y).tolist()) - set(self.classes_.tolist())
+        if unseen:
+            raise ValueError(
+                f"y contains labels not seen in fit: {sorted(unseen, key=str)}; "
+                f"the classifier only knows {self.classes_.tolist()}."
+            )
+        return super().score(X, y, sample_weight=sample_weight)

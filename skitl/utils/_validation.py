@@ -7,6 +7,7 @@ array gets the same clear message wherever it is passed.
 import numbers
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch.utils.data import Dataset
 
@@ -42,9 +43,11 @@ def check_X(X, *, name="X", allow_dataset=True, min_samples=1):
     Raises
     ------
     ValueError
-        For empty input, fewer than two dimensions, NaN or infinite values.
+        For empty input, fewer than two dimensions, NaN or infinite values,
+        complex arrays.
     TypeError
-        For object, string or complex arrays, or an unsupported type.
+        For sparse matrices, string arrays, object arrays holding anything but
+        numbers, or an unsupported type.
     """
     if _is_dataset(X) and not isinstance(X, (np.ndarray, torch.Tensor)):
         if not allow_dataset:
@@ -54,6 +57,10 @@ def check_X(X, *, name="X", allow_dataset=True, min_samples=1):
                 f"{name} has {len(X)} samples; at least {min_samples} required."
             )
         return X
+    if sp.issparse(X):
+        raise TypeError(
+            f"Sparse input is not supported ({name}); convert it with {name}.toarray()."
+        )
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     elif hasattr(X, "to_numpy") and hasattr(X, "shape"):  # pandas
@@ -62,7 +69,17 @@ def check_X(X, *, name="X", allow_dataset=True, min_samples=1):
         X = np.asarray(X)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
-    if X.dtype == object or X.dtype.kind in "USVOcM":
+    if X.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has dtype {X.dtype}.")
+    if X.dtype == object:  # numbers stored as objects are fine
+        try:
+            X = X.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{name} has dtype object with non-numeric values ({exc}); skitl "
+                "needs numeric arrays (float or uint8 images, or float features)."
+            ) from exc
+    if X.dtype.kind in "USVOcM":
         raise TypeError(
             f"{name} has dtype {X.dtype}; skitl needs numeric arrays "
             "(float or uint8 images, or float features)."
@@ -76,6 +93,11 @@ def check_X(X, *, name="X", allow_dataset=True, min_samples=1):
         raise ValueError(
             f"{name} has {X.shape[0]} samples (shape {X.shape}); at least "
             f"{min_samples} required."
+        )
+    if X.ndim == 2 and X.shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty: 0 feature(s) (shape={X.shape}) while a minimum of 1 "
+            "is required."
         )
     if X.size == 0:
         raise ValueError(f"{name} is empty (shape {X.shape}).")

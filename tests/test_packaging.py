@@ -1,0 +1,62 @@
+"""The README's promises: two set-up commands, CI runs the second, the CLI works."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+import skitl
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    setup = text.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)\n```", setup, flags=re.S)
+
+
+def test_readme_has_exactly_two_setup_commands():
+    cmds = _readme_commands()
+    assert len(cmds) == 2, cmds
+    assert cmds[0].strip().endswith("skitl demo")
+    assert cmds[1].strip().endswith("pytest")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    block = ci.split("# --- begin README test command", 1)[1].split(
+        "# --- end README test command", 1)[0]
+    lines = [ln for ln in block.splitlines()[1:] if ln.strip()]
+    assert lines == [_readme_commands()[1].strip()]
+
+
+def test_public_names():
+    from skitl import InfluenceSampleSelector, TransferClassifier
+
+    assert skitl.__all__ == ["InfluenceSampleSelector", "TransferClassifier"]
+    assert InfluenceSampleSelector().threshold == 0.0
+    assert TransferClassifier("resnet18").strategy == "finetune"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"]])
+def test_cli_help(argv):
+    out = subprocess.run([sys.executable, "-m", "skitl", *argv], capture_output=True,
+                         text=True, check=True)
+    assert "usage" in out.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """A shortened demo: every stage runs and the table and plot are written."""
+    from skitl._cli import main
+
+    status = main(["demo", "--epochs", "2", "--out", str(tmp_path), "--quiet",
+                   "--methods", "finetune", "finetune+influence_auto", "partial"])
+    assert status == 0
+    table = (tmp_path / "results.md").read_text()
+    assert "finetune+influence_auto" in table and "partial" in table
+    assert (tmp_path / "accuracy.png").stat().st_size > 1000
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(rows) == 4
