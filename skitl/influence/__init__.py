@@ -1,0 +1,36 @@
+"""The influence engine: which training samples help or hurt the validation loss.
+
+Function-level API, independent of scikit-learn estimators. Sign convention
+(DESIGN.md §1): ``scores[i]`` is the predicted *increase* of the mean
+validation loss if training sample ``i`` is removed; positive = helpful,
+negative = harmful.
+"""
+
+from ._api import InfluenceResult, influence_scores
+from ._crossfit import CrossFitResult, cross_fit_head_influence, trim_weights
+from ._deep import deep_influence, select_parameters
+from ._ekfac import EKFAC
+from ._features import extract_features
+from ._head import choose_solver, fit_head, head_influence, predict_proba_head
+from ._solvers import arnoldi, arnoldi_solve, conjugate_gradient, lissa, power_iteration
+
+__all__ = [
+    "EKFAC",
+    "CrossFitResult",
+    "InfluenceResult",
+    "arnoldi",
+    "arnoldi_solve",
+    "choose_solver",
+    "conjugate_gradient",
+    "cross_fit_head_influence",
+    "deep_influence",
+    "extract_features",
+    "fit_head",
+    "head_influence",
+    "influence_scores",
+    "lissa",
+    "power_iteration",
+    "predict_proba_head",
+    "select_parameters",
+    "trim_weights",
+]

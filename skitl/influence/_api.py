@@ -1,0 +1,174 @@
+"""Result types and the single entry point :func:`influence_scores`."""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..utils import check_X, check_y
+
+
+@dataclass
+class InfluenceResult:
+    """Influence scores and how they were computed.
+
+    Attributes
+    ----------
+    scores : ndarray of shape (n_train,)
+        ``scores[i] = (1/n) g_valᵀ H⁻¹ ∇L_i``: the predicted increase of the
+        mean validation loss if training sample ``i`` is removed (positive =
+        helpful, negative = harmful; DESIGN.md §1).
+    damping : float
+        Damping actually added to the Hessian.
+    solver : str
+        ``"cholesky"``, ``"cg"``, ``"lissa"``, ``"arnoldi"``, ``"ekfac"`` or
+        ``"none"`` (identity Hessian).
+    hessian : str
+        ``"exact"``, ``"ggn"``, ``"ekfac"`` or ``"identity"``.
+    residual : float
+        Relative residual ``‖(H + λ) s − g‖ / ‖g‖`` of the solve (NaN where it
+        was not measured, e.g. for approximate inverses).
+    n_iter : int
+        Solver iterations (0 for direct solves).
+    seconds : dict
+        Wall time per phase (``features``, ``fit``, ``gradients``, ``solve``,
+        ``scores``, ``total``).
+    params : list of str
+        Names of the parameters analysed.
+    W, b : ndarray or None
+        The fitted head (head path only), float64.
+    info : dict
+        Solver-specific extras (e.g. LiSSA scale, Arnoldi eigenvalues).
+    """
+
+    scores: np.ndarray
+    damping: float
+    solver: str
+    hessian: str
+    residual: float
+    n_iter: int
+    seconds: dict
+    params: list
+    W: np.ndarray = None
+    b: np.ndarray = None
+    info: dict = field(default_factory=dict)
+
+
+def _int_labels(y, name, n):
+    y = check_y(y, name=name, n_samples=n)
+    if y.dtype.kind == "f" and np.all(y == np.round(y)):
+        y = y.astype(np.int64)
+    if y.dtype.kind not in "iu" or y.min() < 0:
+        raise ValueError(
+            f"{name} must hold integer labels 0..k-1 (encode them first, e.g. with "
+            f"sklearn.preprocessing.LabelEncoder); got dtype {y.dtype}.")
+    return y.astype(np.int64)
+
+
+def _n_samples(X):
+    return len(X)
+
+
+def influence_scores(net, X_train, y_train, X_val, y_val, *, params="head",
+                     head=None, alpha=1e-3, hessian="exact", damping="auto",
+                     val_weights=None, solver="auto", batch_size=256,
+                     device="cpu", amp=None, verbose=0, **kw):
+    """Influence of every training sample on the validation loss.
+
+    One entry point for both paths. ``params="head"``: one streamed forward
+    pass gives the head's input features, a new multinomial logistic head
+    is fitted exactly on them (objective
+    ``(1/n) Σ L_i + (alpha/2) ‖W‖²``, bias not penalised) and the
+    closed-form influence is computed in float64. Anything else: influence
+    through the selected network parameters at their current values
+    (:func:`deep_influence`).
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The (pretrained) network; never modified.
+    X_train : ndarray or torch Dataset
+        Training inputs (a Dataset yields ``(x, y)`` or ``x``).
+    y_train : array-like of int of shape (n,)
+        Integer labels ``0..k-1``.
+    X_val : ndarray or torch Dataset
+    y_val : array-like of int of shape (m,)
+    params : "head", "all" or list of str, default="head"
+        Parameters analysed: the head, every parameter, or fnmatch patterns
+        over ``net.named_parameters()``.
+    head : str, optional
+        Dotted name of the classification layer (found automatically).
+    alpha : float, default=1e-3
+        L2 strength of the head objective (head path). The deep path
+        analyses the network's own objective; an L2 term there is passed
+        as ``deep_alpha`` (default 0).
+    hessian : str, default="exact"
+        Head: ``"exact"`` or ``"identity"``. Deep: ``"ggn"``, ``"exact"``,
+        ``"ekfac"`` or ``"identity"`` (``"exact"`` here means ``"ggn"`` unless
+        ``exact_deep=True`` is passed, because the exact Hessian at a
+        non-minimum is usually indefinite).
+    damping : "auto" or float, default="auto"
+    val_weights : array-like of shape (m,), optional
+        Weights of the validation samples (see ``trim_weights``).
+    solver : str, default="auto"
+        Head: ``"auto"``, ``"cholesky"``, ``"cg"``. Deep: ``"cg"``,
+        ``"lissa"``, ``"arnoldi"`` (``"auto"`` means ``"cg"``).
+    batch_size : int, default=256
+    device : str, default="cpu"
+    amp : {None, "bf16", "fp16"}, default=None
+        Autocast for the feature forward pass (head path only).
+    verbose : int, default=0
+    **kw
+        ``n_classes`` (default ``max(y) + 1``), ``tol``; deep path: see
+        :func:`deep_influence`.
+
+    Returns
+    -------
+    result : InfluenceResult
+    """
+    from .._network import find_head
+    from ._features import extract_features
+    from ._head import fit_head, head_influence
+
+    t0 = time.perf_counter()
+    X_train = check_X(X_train, name="X_train")
+    X_val = check_X(X_val, name="X_val")
+    y_train = _int_labels(y_train, "y_train", _n_samples(X_train))
+    y_val = _int_labels(y_val, "y_val", _n_samples(X_val))
+    n_classes = kw.pop("n_classes", None)
+    if n_classes is None:
+        n_classes = int(max(y_train.max(), y_val.max())) + 1
+    if params != "head":
+        from ._deep import deep_influence
+
+        if solver == "auto":
+            solver = "cg"
+        deep_hessian = hessian
+        if hessian == "exact" and not kw.pop("exact_deep", False):
+            deep_hessian = "ggn"
+        return deep_influence(
+            net, X_train, y_train, X_val, y_val, params=params, hessian=deep_hessian,
+            solver=solver, damping=damping, alpha=kw.pop("deep_alpha", 0.0),
+            val_weights=val_weights, batch_size=batch_size, device=device,
+            verbose=verbose, **kw)
+    head_name = find_head(net, head)
+    feats = extract_features(net, X_train, layer=head_name, batch_size=batch_size,
+                             device=device, amp=amp, verbose=verbose)
+    feats_val = extract_features(net, X_val, layer=head_name, batch_size=batch_size,
+                                 device=device, amp=amp, verbose=verbose)
+    t_feat = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    tol = kw.pop("tol", 1e-10)
+    W, b = fit_head(feats, y_train, n_classes, alpha=alpha, device=device,
+                    max_iter=kw.pop("max_iter", 1000), tol=kw.pop("fit_tol", 1e-10))
+    t_fit = time.perf_counter() - t1
+    if kw:
+        raise TypeError(f"influence_scores got unexpected keyword arguments {sorted(kw)}.")
+    res = head_influence(feats, y_train, feats_val, y_val, n_classes=n_classes,
+                         alpha=alpha, damping=damping, val_weights=val_weights,
+                         hessian=hessian, solver=solver, W=W, b=b, tol=tol,
+                         device=device, verbose=verbose)
+    res.seconds = {"features": t_feat, "fit": t_fit, **res.seconds,
+                   "total": time.perf_counter() - t0}
+    res.params = [f"{head_name}.weight", f"{head_name}.bias"]
+    return res
