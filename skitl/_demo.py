@@ -64,7 +64,8 @@ def run_demo(noise=(0.3,), n_seeds=1, epochs=60, methods=None, out="skitl-demo",
     from .datasets import load_digits_transfer
     from .models import pretrain_source_cnn
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    # a tiny CNN on 8x8 images: thread start-up costs more than it saves
+    torch.set_num_threads(1)
     chosen = [m for m in METHODS if methods is None or m[0] in methods]
     if methods is not None:
         unknown = set(methods) - {m[0] for m in METHODS}

@@ -1,0 +1,253 @@
+"""Head influence: exactness against brute-force leave-one-out and sklearn."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from scipy.stats import pearsonr, spearmanr
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+
+from skitl.influence import (
+    cross_fit_head_influence,
+    extract_features,
+    fit_head,
+    head_influence,
+    influence_scores,
+    predict_proba_head,
+    trim_weights,
+)
+
+ALPHA = 1e-2
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float64)
+    return X[:150], y[:150], X[1000:1300], y[1000:1300]
+
+
+def _val_loss(Fv, yv, W, b):
+    P = predict_proba_head(Fv, W, b)
+    return -np.log(P[np.arange(len(yv)), yv]).mean()
+
+
+@pytest.fixture(scope="module")
+def loo(digits):
+    F, y, Fv, yv = digits
+    n = len(F)
+    W, b = fit_head(F, y, 10, alpha=ALPHA)
+    base = _val_loss(Fv, yv, W, b)
+    deltas = np.empty(n)
+    for i in range(n):
+        keep = np.arange(n) != i
+        W2, b2 = fit_head(F[keep], y[keep], 10, alpha=ALPHA, init=(W, b))
+        deltas[i] = _val_loss(Fv, yv, W2, b2) - base
+    return W, b, deltas
+
+
+def test_fit_head_matches_sklearn(digits):
+    F, y, _, _ = digits
+    W, b = fit_head(F, y, 10, alpha=ALPHA)
+    lr = LogisticRegression(C=1.0 / (ALPHA * len(F)), tol=1e-12, max_iter=20000).fit(F, y)
+    np.testing.assert_allclose(W, lr.coef_, atol=1e-4 * np.abs(W).max())
+    np.testing.assert_allclose(predict_proba_head(F, W, b), lr.predict_proba(F), atol=1e-5)
+    assert abs(b.sum()) < 1e-10  # the bias is centred
+
+
+def test_head_matches_leave_one_out(digits, loo):
+    F, y, Fv, yv = digits
+    W, b, deltas = loo
+    res = head_influence(F, y, Fv, yv, n_classes=10, alpha=ALPHA, W=W, b=b)
+    assert pearsonr(res.scores, deltas)[0] >= 0.95
+    assert spearmanr(res.scores, deltas)[0] >= 0.95
+    # Removing any of the 10 lowest-scored (most harmful) samples and
+    # refitting lowers the validation loss.
+    lowest = np.argsort(res.scores)[:10]
+    assert np.all(deltas[lowest] < 0)
+    assert res.residual < 1e-8 and res.damping == 0.0
+
+
+def test_dense_and_cg_agree(digits):
+    F, y, Fv, yv = digits
+    dense = head_influence(F, y, Fv, yv, n_classes=10, alpha=ALPHA, solver="cholesky")
+    cg = head_influence(F, y, Fv, yv, n_classes=10, alpha=ALPHA, solver="cg", tol=1e-12,
+                        W=dense.W, b=dense.b)
+    assert dense.solver == "cholesky" and cg.solver == "cg"
+    rel = np.linalg.norm(dense.scores - cg.scores) / np.linalg.norm(dense.scores)
+    assert rel < 1e-6
+
+
+def test_identity_is_gradient_dot_product(digits):
+    F, y, Fv, yv = digits
+    W, b = fit_head(F, y, 10, alpha=ALPHA)
+    res = head_influence(F, y, Fv, yv, n_classes=10, alpha=ALPHA, W=W, b=b,
+                         hessian="identity")
+    A = np.hstack([F, np.ones((len(F), 1))])
+    Av = np.hstack([Fv, np.ones((len(Fv), 1))])
+    R = predict_proba_head(F, W, b) - np.eye(10)[y]
+    Rv = predict_proba_head(Fv, W, b) - np.eye(10)[yv]
+    grads = np.einsum("ik,id->ikd", R, A).reshape(len(F), -1)
+    gval = np.einsum("ik,id->kd", Rv, Av).reshape(-1) / len(Fv)
+    np.testing.assert_allclose(res.scores, grads @ gval / len(F), rtol=1e-9, atol=1e-15)
+
+
+def test_val_weights_equal_subset(digits):
+    F, y, Fv, yv = digits
+    W, b = fit_head(F, y, 10, alpha=ALPHA)
+    w = np.zeros(len(Fv))
+    w[:100] = 2.0
+    a = head_influence(F, y, Fv, yv, n_classes=10, alpha=ALPHA, W=W, b=b, val_weights=w)
+    c = head_influence(F, y, Fv[:100], yv[:100], n_classes=10, alpha=ALPHA, W=W, b=b)
+    np.testing.assert_allclose(a.scores, c.scores, rtol=1e-9, atol=1e-15)
+
+
+def test_float32_vs_float64_features(digits):
+    F, y, Fv, yv = digits
+    a = head_influence(F, y, Fv, yv, n_classes=10, alpha=ALPHA)
+    c = head_influence(F.astype(np.float32), y, Fv.astype(np.float32), yv, n_classes=10,
+                       alpha=ALPHA)
+    assert spearmanr(a.scores, c.scores)[0] >= 0.99
+
+
+def test_imagenet_scale_features(digits, loo):
+    # Mean ≈ 20, max ≈ 150 features: the regime
+    # where a float32 softmax made the Hessian indefinite (DESIGN.md).
+    # An affine map of the features is the same head problem once alpha is
+    # rescaled (the bias absorbs the offset), so the LOO deltas carry over.
+    F, y, Fv, yv = digits
+    scale = 130.0 / (F.max() - F.mean())
+    offset = 20.0 - scale * F.mean()
+    Fs, Fvs = F * scale + offset, Fv * scale + offset
+    assert abs(Fs.mean() - 20) < 1e-6 and abs(Fs.max() - 150) < 1e-6
+    alpha = ALPHA * scale**2  # W_scaled = W / scale: the same problem
+    res = head_influence(Fs.astype(np.float32), y, Fvs.astype(np.float32), yv,
+                         n_classes=10, alpha=alpha)
+    assert np.isfinite(res.scores).all() and res.residual < 1e-6
+    # The offset only moves the bias: the scores match the unscaled LOO.
+    _, _, deltas = loo
+    assert pearsonr(res.scores, deltas)[0] >= 0.95
+    # A weak penalty on these large features (the ill-conditioned regime):
+    # finite, and the two solvers agree.
+    dense = head_influence(Fs, y, Fvs, yv, n_classes=10, alpha=1e-3, solver="cholesky")
+    cg = head_influence(Fs, y, Fvs, yv, n_classes=10, alpha=1e-3, solver="cg", W=dense.W,
+                        b=dense.b, tol=1e-12)
+    assert np.isfinite(dense.scores).all()
+    rel = np.linalg.norm(dense.scores - cg.scores) / np.linalg.norm(dense.scores)
+    assert rel < 1e-5
+
+
+def test_cross_fit(digits):
+    F, y, _, _ = digits
+    rng = np.random.default_rng(0)
+    y_noisy = y.copy()
+    flip = rng.choice(len(y), 15, replace=False)
+    y_noisy[flip] = (y[flip] + 1 + rng.integers(0, 9, 15)) % 10
+    res = cross_fit_head_influence(F, y_noisy, n_classes=10, cv=3, alpha=ALPHA,
+                                   random_state=0)
+    assert res.scores.shape == (len(F),) and np.isfinite(res.scores).all()
+    assert res.oof_proba.shape == (len(F), 10)
+    np.testing.assert_allclose(res.oof_proba.sum(1), 1.0)
+    assert res.self_influence_hessian == "exact" and (res.oof_self_influence > 0).all()
+    assert len(res.folds) == 3 and len(res.val_weights_per_fold) == 3
+    # The flipped labels are scored as harmful far more often than not.
+    is_bad = np.zeros(len(F), bool)
+    is_bad[flip] = True
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(is_bad, -res.scores) > 0.8
+    # Self-influence with the dense factor matches an explicit inverse.
+    tr, va = res.folds[0]
+    W, b = fit_head(F[tr], y_noisy[tr], 10, alpha=ALPHA)
+    i = va[0]
+    r = predict_proba_head(F[i:i + 1], W, b)[0] - np.eye(10)[y_noisy[i]]
+    g = np.outer(r, np.append(F[i], 1.0)).ravel()
+    H = _explicit_hessian(F[tr], W, b, ALPHA)
+    si = g @ np.linalg.lstsq(H, g, rcond=1e-12)[0] / len(tr)
+    np.testing.assert_allclose(res.oof_self_influence[i], si, rtol=1e-6)
+
+
+def _explicit_hessian(F, W, b, alpha):
+    n, d = F.shape
+    A = np.hstack([F, np.ones((n, 1))])
+    P = predict_proba_head(F, W, b)
+    k = P.shape[1]
+    H = np.zeros((k * (d + 1), k * (d + 1)))
+    for i in range(n):
+        B = np.diag(P[i]) - np.outer(P[i], P[i])
+        H += np.kron(B, np.outer(A[i], A[i]))
+    H /= n
+    pen = np.tile(np.append(np.full(d, alpha), 0.0), k)
+    return H + np.diag(pen)
+
+
+def test_trim_weights():
+    loss = np.array([0.1, 2.0, 0.3, 5.0])
+    pred = np.array([0, 1, 2, 0])
+    y = np.array([0, 2, 2, 3])
+    np.testing.assert_array_equal(trim_weights(loss, pred, y, "auto", user_given=False),
+                                  [1, 0, 1, 0])
+    np.testing.assert_array_equal(trim_weights(loss, pred, y, "auto", user_given=True),
+                                  [1, 1, 1, 1])
+    np.testing.assert_array_equal(trim_weights(loss, pred, y, 0.5, user_given=False),
+                                  [1, 0, 1, 0])
+    np.testing.assert_array_equal(trim_weights(loss, pred, y, 0, user_given=False), [1] * 4)
+    with pytest.warns(UserWarning, match="every validation sample"):
+        w = trim_weights(loss, pred + 1, y + 7, "auto", user_given=False)
+    np.testing.assert_array_equal(w, [1] * 4)
+    with pytest.raises(ValueError):
+        trim_weights(loss, pred, y, 1.0, user_given=False)
+
+
+def test_errors(digits):
+    F, y, Fv, yv = digits
+    bad = F.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        head_influence(bad, y, Fv, yv, n_classes=10, alpha=ALPHA)
+    with pytest.raises(ValueError, match="labels"):
+        head_influence(F, y + 10, Fv, yv, n_classes=10, alpha=ALPHA)
+    with pytest.raises(ValueError, match="val_weights"):
+        head_influence(F, y, Fv, yv, n_classes=10, alpha=ALPHA, val_weights=np.zeros(len(Fv)))
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                  nn.Dropout(0.5))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def test_extract_features_and_entry_point(digits):
+    F, y, Fv, yv = digits
+    torch.manual_seed(0)
+    net = _Net()
+    net.train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    X = F.astype(np.float32)
+    f1 = extract_features(net, X, layer="fc", batch_size=7)
+    f2 = extract_features(net, X, layer="fc", batch_size=256)
+    assert f1.dtype == np.float32 and f1.shape == (len(X), 32)
+    np.testing.assert_allclose(f1, f2, rtol=1e-5, atol=1e-6)
+    assert net.training and all(m.training for m in net.modules())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k])  # running stats untouched
+    # A Dataset yielding (x, y) gives the same features.
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(y))
+    np.testing.assert_allclose(extract_features(net, ds, layer="fc"), f2, rtol=1e-6)
+    res = influence_scores(net, X, y, Fv.astype(np.float32), yv, alpha=ALPHA)
+    direct = head_influence(f2, y, extract_features(net, Fv.astype(np.float32), layer="fc"),
+                            yv, n_classes=10, alpha=ALPHA)
+    np.testing.assert_allclose(res.scores, direct.scores, rtol=1e-6, atol=1e-12)
+    assert set(res.seconds) >= {"features", "fit", "solve", "scores", "total"}
+    assert res.params == ["fc.weight", "fc.bias"]
+    with pytest.raises(ValueError, match="NaN"):
+        bad = X.copy()
+        bad[3, 3] = np.inf
+        influence_scores(net, bad, y, X, y)
+
