@@ -61,7 +61,9 @@ def _floor(count):
 # exactly are where ordering rules break.
 _score = st.one_of(
     st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0]),
-    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+    # no subnormals: a compiled dependency switches the FPU to flush-to-zero,
+    # and hypothesis then refuses to generate them (FloatingPointError).
+    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, allow_subnormal=False),
 )
 
 
