@@ -667,11 +667,6 @@ def test_engine_bad_input(case):
         call()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine gap reported to the lead: influence_scores with one class "
-    "returns all-zero scores instead of an error",
-)
 def test_engine_one_class_errors(blobs):
     X, _ = blobs
     y = np.zeros(len(X), int)
@@ -679,11 +674,6 @@ def test_engine_one_class_errors(blobs):
         influence_scores(mlp4(), X, y, X, y)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine gap reported to the lead: X_val of another per-sample shape "
-    "than X_train fails inside torch (mat1 and mat2 ...) without naming X_val",
-)
 def test_engine_val_shape_named(blobs):
     X, y = blobs
     with pytest.raises(ValueError, match="X_val"):

@@ -135,6 +135,15 @@ def influence_scores(net, X_train, y_train, X_val, y_val, *, params="head",
     X_val = check_X(X_val, name="X_val")
     y_train = _int_labels(y_train, "y_train", _n_samples(X_train))
     y_val = _int_labels(y_val, "y_val", _n_samples(X_val))
+    if isinstance(X_train, np.ndarray) and isinstance(X_val, np.ndarray) \
+            and X_val.shape[1:] != X_train.shape[1:]:
+        raise ValueError(
+            f"X_val has per-sample shape {X_val.shape[1:]} but X_train has "
+            f"{X_train.shape[1:]}.")
+    if len(np.unique(y_train)) < 2:
+        raise ValueError(
+            f"y_train has {len(np.unique(y_train))} class; influence needs at least "
+            "2 classes (a one-class head has zero loss and zero gradients).")
     n_classes = kw.pop("n_classes", None)
     if n_classes is None:
         n_classes = int(max(y_train.max(), y_val.max())) + 1
