@@ -60,3 +60,16 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert len(rows) == 4
+
+
+def test_readme_quick_start_runs():
+    """The README's quick start, with 1 epoch and 2 folds so it takes seconds."""
+    text = (ROOT / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    assert "max_epochs=60" in code and "cv=3" in code
+    code = code.replace("max_epochs=60", "max_epochs=1").replace("cv=3", "cv=2")
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    search = namespace["search"]
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_estimator_["clf"].selector_.n_removed_ > 0
