@@ -2,22 +2,10 @@
 
 import sys
 
-import pytest
-import torch
 import torch.nn as nn
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skitl import TransferClassifier
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny networks gain nothing from intra-op threads, and on a busy 2-core
-    # machine OpenMP spinning makes them ~20x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_mlp():

@@ -16,14 +16,6 @@ from skitl._network import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class SmallCNN(nn.Module):
     def __init__(self, n_classes=10):
         super().__init__()

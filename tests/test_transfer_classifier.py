@@ -18,16 +18,6 @@ from torch.utils.data import TensorDataset
 from skitl import TransferClassifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny networks gain nothing from intra-op threads, and on a busy 2-core
-    # machine OpenMP spinning makes them ~20x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyCNN(nn.Module):
     """Conv + BatchNorm backbone and a Linear head, for (N, 1, 8, 8) digits."""
 
