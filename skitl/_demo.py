@@ -168,7 +168,8 @@ def _plot(summary, path):
     ax.set_xticks(x)
     ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("clean target test accuracy")
-    ax.set_ylim(0, 1)
+    lows = [r["accuracy_mean"] - r["accuracy_std"] for r in summary]
+    ax.set_ylim(max(0.0, np.floor(10 * min(lows)) / 10 - 0.05), 1.0)
     ax.set_title("skitl demo: digits source → shifted, noisy target")
     ax.legend(fontsize=8)
     fig.tight_layout()
