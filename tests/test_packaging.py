@@ -73,3 +73,11 @@ def test_readme_quick_start_runs():
     search = namespace["search"]
     assert len(search.cv_results_["params"]) == 4
     assert search.best_estimator_["clf"].selector_.n_removed_ > 0
+
+
+def test_ruff_clean():
+    """The lint configuration in pyproject.toml holds for the whole tree."""
+    pytest.importorskip("ruff")
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "skitl", "tests",
+                          "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
