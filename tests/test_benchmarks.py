@@ -68,6 +68,9 @@ def _write_images(root, n_per_class, rng):
 
 
 def test_imagenet_code_path_offline(bench, tmp_path):
+    # The ImageNet task's code path (torchvision ResNet by name, weights=None,
+    # torch Datasets through selectors and fine-tuning) on 12 + 4 local images;
+    # resnet18 at 32 px keeps it to seconds.
     pytest.importorskip("PIL")
     _write_images(tmp_path / "images", 6, np.random.RandomState(0))
     out = tmp_path / "out"
@@ -76,7 +79,7 @@ def test_imagenet_code_path_offline(bench, tmp_path):
         "--image-folder", str(tmp_path / "images"), "--noise", "0.25",
         "--regime", "long", "--selectors", "none", "influence_auto",
         "--strategies", "linear_probe", "--batch-size", "4", "--threads", "1",
-        "--image-size", "32",
+        "--image-size", "32", "--arch", "resnet18",
         "--out", str(out), "--quiet",
     ])
     assert rc == 0
