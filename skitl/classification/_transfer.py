@@ -13,7 +13,6 @@ import numbers
 import warnings
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn as nn
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -37,7 +36,7 @@ from .._network import (
     reinit_parameters,
     replace_head,
 )
-from ..utils import check_X, check_y, resolve_device, torch_generator
+from ..utils import check_X, check_y, is_dataset, resolve_device, torch_generator
 
 _OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
@@ -51,17 +50,6 @@ _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # ---------------------------------------------------------------------------
 # Data plumbing (module level so everything pickles)
 # ---------------------------------------------------------------------------
-
-
-def _is_dataset(X):
-    return not isinstance(X, (np.ndarray, torch.Tensor)) and (
-        isinstance(X, Dataset)
-        or (
-            hasattr(X, "__getitem__")
-            and hasattr(X, "__len__")
-            and hasattr(X, "dataset")
-        )
-    )
 
 
 def _to_tensor(x):
@@ -444,20 +432,13 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_X(self, X, *, reset):
         """Validate X; record (reset) or check its per-sample shape."""
-        if sp.issparse(X):
-            raise TypeError(
-                "Sparse input is not supported by TransferClassifier; convert it "
-                "with X.toarray()."
-            )
-        if _is_dataset(X):
+        if is_dataset(X):
             X = check_X(X)
             if reset:
                 x0 = _to_tensor(_item_x(X[0]))
                 self.n_features_in_ = int(np.prod(tuple(x0.shape)))
                 self._sample_ndim = x0.dim() + 1
             return X
-        if isinstance(X, np.ndarray) and np.iscomplexobj(X):
-            raise ValueError("Complex data not supported.")
         if isinstance(X, np.ndarray) and X.dtype == object:
             # numbers stored as objects are fine; anything else raises
             # TypeError naming the bad value.
@@ -524,13 +505,13 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_y(self, X, y):
         if y is None:
-            if not _is_dataset(X):
+            if not is_dataset(X):
                 raise ValueError(
                     f"{type(self).__name__} requires y to be passed, but the target "
                     "y is None."
                 )
             y = self._labels_from_dataset(X)
-        elif _is_dataset(y):  # e.g. a skorch SliceDataset over the labels
+        elif is_dataset(y):  # e.g. a skorch SliceDataset over the labels
             y = np.asarray([_label(v) for v in y])
         elif isinstance(y, torch.Tensor):
             y = y.detach().cpu().numpy()
@@ -718,7 +699,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self._check_strategy_params()
         X = self._check_X(X, reset=True)
         y = self._check_y(X, y)
-        self._channels = None if _is_dataset(X) or X.ndim <= 2 else int(X.shape[1])
+        self._channels = None if is_dataset(X) or X.ndim <= 2 else int(X.shape[1])
         self.classes_, y_enc = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(
@@ -825,7 +806,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.selector_ = sel
         X_kept = check_X(X_kept, name="X returned by the selector")
         y_kept = check_y(
-            y_kept if not _is_dataset(y_kept) else [_label(v) for v in y_kept],
+            y_kept if not is_dataset(y_kept) else [_label(v) for v in y_kept],
             name="y returned by the selector",
             n_samples=len(X_kept),
         )

@@ -4,7 +4,6 @@ import numbers
 import time
 
 import numpy as np
-from scipy.special import log_softmax
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
@@ -13,6 +12,7 @@ from ..influence import (
     deep_influence,
     fit_head,
     head_influence,
+    predict_proba_head,
     trim_weights,
 )
 from ..utils import check_X, check_y
@@ -270,14 +270,16 @@ class InfluenceSampleSelector(BaseSelector):
                 "oof_proba": res.oof_proba,
                 "oof_loss": res.oof_loss,
             }
-            W, b = fit_head(F, y, n_classes, alpha=self.alpha)
         else:
             scores, info = self._deep_cross_fit(net, head_name, F, X, y)
-            W, b = fit_head(F, y, n_classes, alpha=self.alpha)
         info["feature_seconds"] = t_feat
         info["total_seconds"] = time.perf_counter() - t0
         self.influence_ = info
-        self.network_ = None if net is None else install_head(net, head_name, W, b).eval()
+        self.network_ = None
+        if net is not None:
+            if X_val is None:  # cross-fitted: no head was fitted on all of (X, y) yet
+                W, b = fit_head(F, y, n_classes, alpha=self.alpha)
+            self.network_ = install_head(net, head_name, W, b).eval()
         return scores
 
     def _deep_scores(self, net, head_name, W, b, X_tr, y_tr, X_va, y_va, w_val):
@@ -292,7 +294,7 @@ class InfluenceSampleSelector(BaseSelector):
 
     def _deep_cross_fit(self, net, head_name, F, X, y):
         n_classes = len(self.classes_)
-        folds = StratifiedKFold(self.cv, shuffle=True, random_state=_fold_seed(self.random_state))
+        folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
         total = np.zeros(len(y))
         counts = np.zeros(len(y))
         dampings, residuals = [], []
@@ -310,13 +312,6 @@ class InfluenceSampleSelector(BaseSelector):
         return total / counts, {"damping": dampings, "residual": residuals}
 
 
-def _fold_seed(random_state):
-    if random_state is None or isinstance(random_state, numbers.Integral):
-        return random_state
-    return np.random.RandomState(random_state.randint(2**31 - 1)) if hasattr(
-        random_state, "randint") else random_state
-
-
 def _rows(X, idx):
     if isinstance(X, np.ndarray):
         return X[idx]
@@ -326,10 +321,10 @@ def _rows(X, idx):
 
 
 def _head_loss(F, y, W, b):
-    # float64 throughout: float32 softmax errors are amplified by large features.
-    logp = log_softmax(np.asarray(F, dtype=np.float64) @ W.T + b, axis=1)
-    loss = -logp[np.arange(len(y)), y]
-    return np.exp(logp), loss, logp.argmax(axis=1)
+    proba = predict_proba_head(F, W, b)
+    # the same loss the engine's cross-fitting trims on
+    loss = -np.log(np.clip(proba[np.arange(len(y)), y], 1e-300, None))
+    return proba, loss, proba.argmax(axis=1)
 
 
 def _result_info(res):

@@ -12,9 +12,12 @@ import torch
 from torch.utils.data import Dataset
 
 
-def _is_dataset(X):
-    return isinstance(X, Dataset) or (
-        hasattr(X, "__getitem__") and hasattr(X, "__len__") and hasattr(X, "dataset")
+def is_dataset(X):
+    """Whether ``X`` is a torch ``Dataset`` (or a dataset-like view such as
+    skorch's ``SliceDataset``) rather than an array or tensor."""
+    return not isinstance(X, (np.ndarray, torch.Tensor)) and (
+        isinstance(X, Dataset)
+        or (hasattr(X, "__getitem__") and hasattr(X, "__len__") and hasattr(X, "dataset"))
     )
 
 
@@ -49,7 +52,7 @@ def check_X(X, *, name="X", allow_dataset=True, min_samples=1):
         For sparse matrices, string arrays, object arrays holding anything but
         numbers, or an unsupported type.
     """
-    if _is_dataset(X) and not isinstance(X, (np.ndarray, torch.Tensor)):
+    if is_dataset(X):
         if not allow_dataset:
             raise TypeError(f"{name} must be an array here, got a {type(X).__name__}.")
         if len(X) < min_samples:
