@@ -6,12 +6,13 @@ validation loss if training sample ``i`` is removed; positive = helpful,
 negative = harmful.
 """
 
-from ._api import InfluenceResult, influence_scores
-from ._crossfit import CrossFitResult, cross_fit_head_influence, trim_weights
+from ._api import influence_scores
+from ._crossfit import cross_fit_head_influence, trim_weights
 from ._deep import deep_influence, select_parameters
 from ._ekfac import EKFAC
 from ._features import extract_features
 from ._head import choose_solver, fit_head, head_influence, predict_proba_head
+from ._results import CrossFitResult, InfluenceResult
 from ._solvers import arnoldi, arnoldi_solve, conjugate_gradient, lissa, power_iteration
 
 __all__ = [

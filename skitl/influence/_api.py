@@ -1,57 +1,10 @@
-"""Result types and the single entry point :func:`influence_scores`."""
+"""The single entry point :func:`influence_scores`."""
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..utils import check_X, check_y
-
-
-@dataclass
-class InfluenceResult:
-    """Influence scores and how they were computed.
-
-    Attributes
-    ----------
-    scores : ndarray of shape (n_train,)
-        ``scores[i] = (1/n) g_valᵀ H⁻¹ ∇L_i``: the predicted increase of the
-        mean validation loss if training sample ``i`` is removed (positive =
-        helpful, negative = harmful; DESIGN.md §1).
-    damping : float
-        Damping actually added to the Hessian.
-    solver : str
-        ``"cholesky"``, ``"cg"``, ``"lissa"``, ``"arnoldi"``, ``"ekfac"`` or
-        ``"none"`` (identity Hessian).
-    hessian : str
-        ``"exact"``, ``"ggn"``, ``"ekfac"`` or ``"identity"``.
-    residual : float
-        Relative residual ``‖(H + λ) s − g‖ / ‖g‖`` of the solve (NaN where it
-        was not measured, e.g. for approximate inverses).
-    n_iter : int
-        Solver iterations (0 for direct solves).
-    seconds : dict
-        Wall time per phase (``features``, ``fit``, ``gradients``, ``solve``,
-        ``scores``, ``total``).
-    params : list of str
-        Names of the parameters analysed.
-    W, b : ndarray or None
-        The fitted head (head path only), float64.
-    info : dict
-        Solver-specific extras (e.g. LiSSA scale, Arnoldi eigenvalues).
-    """
-
-    scores: np.ndarray
-    damping: float
-    solver: str
-    hessian: str
-    residual: float
-    n_iter: int
-    seconds: dict
-    params: list
-    W: np.ndarray = None
-    b: np.ndarray = None
-    info: dict = field(default_factory=dict)
 
 
 def _int_labels(y, name, n):

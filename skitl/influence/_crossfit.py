@@ -9,7 +9,6 @@ validation weights of :func:`trim_weights`.
 import numbers
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,53 +29,7 @@ from ._head import (
     _Whitening,
     fit_head,
 )
-
-
-@dataclass
-class CrossFitResult:
-    """Cross-fitted influence and out-of-fold statistics of every sample.
-
-    Attributes
-    ----------
-    scores : ndarray of shape (n,)
-        Mean over the folds in which the sample was trained on of its
-        influence on that fold's (weighted) validation loss (DESIGN.md sign:
-        positive = helpful).
-    oof_proba : ndarray of shape (n, k)
-        Probabilities from the head fitted without the sample's fold.
-    oof_loss : ndarray of shape (n,)
-        Out-of-fold cross-entropy.
-    oof_self_influence : ndarray of shape (n,)
-        ``(1/n_fold) ∇L_iᵀ H⁻¹ ∇L_i`` with the head fitted without the
-        sample's fold (``H`` of that head, damping included). Where only CG
-        was available (``k (d+1)`` too large for a dense factor) it is the
-        gradient norm ``(1/n_fold) ‖∇L_i‖²`` instead; see
-        ``self_influence_hessian``.
-    self_influence_hessian : str
-        ``"exact"`` or ``"identity"`` (the fallback above).
-    folds : list of (train_idx, val_idx)
-    val_weights_per_fold : list of ndarray
-        The weights :func:`trim_weights` gave each fold's validation samples.
-    damping : list of float
-        Damping used per fold.
-    residual : list of float
-        Relative solver residual per fold.
-    solver : str
-    seconds : dict
-        Wall time by phase, summed over folds.
-    """
-
-    scores: np.ndarray
-    oof_proba: np.ndarray
-    oof_loss: np.ndarray
-    oof_self_influence: np.ndarray
-    self_influence_hessian: str
-    folds: list
-    val_weights_per_fold: list
-    damping: list
-    residual: list
-    solver: str
-    seconds: dict = field(default_factory=dict)
+from ._results import CrossFitResult
 
 
 def trim_weights(loss, pred, y, val_trim, *, user_given):

@@ -23,8 +23,8 @@ from torch.func import functional_call, grad, jvp, vjp
 from tqdm.auto import tqdm
 
 from ..utils import check_X, resolve_device, torch_generator
-from ._api import InfluenceResult
 from ._features import eval_mode, iter_batches
+from ._results import InfluenceResult
 from ._solvers import arnoldi, arnoldi_solve, conjugate_gradient, lissa
 
 

@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 import torch
 
-from ._api import InfluenceResult
+from ._results import InfluenceResult
 from ._solvers import conjugate_gradient
 
 # Largest k * (d + 1) for which a dense float64 Hessian is built (DESIGN.md:

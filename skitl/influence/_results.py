@@ -1,0 +1,98 @@
+"""Result types of the influence engine (no imports from the rest of it)."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class InfluenceResult:
+    """Influence scores and how they were computed.
+
+    Attributes
+    ----------
+    scores : ndarray of shape (n_train,)
+        ``scores[i] = (1/n) g_valᵀ H⁻¹ ∇L_i``: the predicted increase of the
+        mean validation loss if training sample ``i`` is removed (positive =
+        helpful, negative = harmful; DESIGN.md §1).
+    damping : float
+        Damping actually added to the Hessian.
+    solver : str
+        ``"cholesky"``, ``"cg"``, ``"lissa"``, ``"arnoldi"``, ``"ekfac"`` or
+        ``"none"`` (identity Hessian).
+    hessian : str
+        ``"exact"``, ``"ggn"``, ``"ekfac"`` or ``"identity"``.
+    residual : float
+        Relative residual ``‖(H + λ) s − g‖ / ‖g‖`` of the solve (NaN where it
+        was not measured, e.g. for approximate inverses).
+    n_iter : int
+        Solver iterations (0 for direct solves).
+    seconds : dict
+        Wall time per phase (``features``, ``fit``, ``gradients``, ``solve``,
+        ``scores``, ``total``).
+    params : list of str
+        Names of the parameters analysed.
+    W, b : ndarray or None
+        The fitted head (head path only), float64.
+    info : dict
+        Solver-specific extras (e.g. LiSSA scale, Arnoldi eigenvalues).
+    """
+
+    scores: np.ndarray
+    damping: float
+    solver: str
+    hessian: str
+    residual: float
+    n_iter: int
+    seconds: dict
+    params: list
+    W: np.ndarray = None
+    b: np.ndarray = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class CrossFitResult:
+    """Cross-fitted influence and out-of-fold statistics of every sample.
+
+    Attributes
+    ----------
+    scores : ndarray of shape (n,)
+        Mean over the folds in which the sample was trained on of its
+        influence on that fold's (weighted) validation loss (DESIGN.md sign:
+        positive = helpful).
+    oof_proba : ndarray of shape (n, k)
+        Probabilities from the head fitted without the sample's fold.
+    oof_loss : ndarray of shape (n,)
+        Out-of-fold cross-entropy.
+    oof_self_influence : ndarray of shape (n,)
+        ``(1/n_fold) ∇L_iᵀ H⁻¹ ∇L_i`` with the head fitted without the
+        sample's fold (``H`` of that head, damping included). Where only CG
+        was available (``k (d+1)`` too large for a dense factor) it is the
+        gradient norm ``(1/n_fold) ‖∇L_i‖²`` instead; see
+        ``self_influence_hessian``.
+    self_influence_hessian : str
+        ``"exact"`` or ``"identity"`` (the fallback above).
+    folds : list of (train_idx, val_idx)
+    val_weights_per_fold : list of ndarray
+        The weights :func:`trim_weights` gave each fold's validation samples.
+    damping : list of float
+        Damping used per fold.
+    residual : list of float
+        Relative solver residual per fold.
+    solver : str
+    seconds : dict
+        Wall time by phase, summed over folds.
+    """
+
+    scores: np.ndarray
+    oof_proba: np.ndarray
+    oof_loss: np.ndarray
+    oof_self_influence: np.ndarray
+    self_influence_hessian: str
+    folds: list
+    val_weights_per_fold: list
+    damping: list
+    residual: list
+    solver: str
+    seconds: dict = field(default_factory=dict)
