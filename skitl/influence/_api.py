@@ -121,16 +121,18 @@ def influence_scores(net, X_train, y_train, X_val, y_val, *, params="head",
     t_feat = time.perf_counter() - t0
     t1 = time.perf_counter()
     tol = kw.pop("tol", 1e-10)
+    chunk_size = kw.pop("chunk_size", "auto")
     W, b = fit_head(feats, y_train, n_classes, alpha=alpha, device=device,
-                    max_iter=kw.pop("max_iter", 1000), tol=kw.pop("fit_tol", 1e-10))
+                    max_iter=kw.pop("max_iter", 1000), tol=kw.pop("fit_tol", 1e-10),
+                    chunk_size=chunk_size)
     t_fit = time.perf_counter() - t1
     if kw:
         raise TypeError(f"influence_scores got unexpected keyword arguments {sorted(kw)}.")
     res = head_influence(feats, y_train, feats_val, y_val, n_classes=n_classes,
                          alpha=alpha, damping=damping, val_weights=val_weights,
                          hessian=hessian, solver=solver, W=W, b=b, tol=tol,
-                         device=device, verbose=verbose)
+                         device=device, verbose=verbose, head=head_name,
+                         chunk_size=chunk_size)
     res.seconds = {"features": t_feat, "fit": t_fit, **res.seconds,
                    "total": time.perf_counter() - t0}
-    res.params = [f"{head_name}.weight", f"{head_name}.bias"]
     return res

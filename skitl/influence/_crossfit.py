@@ -1,9 +1,11 @@
 """Cross-fitted head influence: every sample is scored and serves as validation.
 
-DESIGN.md §1 "Where the validation loss comes from" and "The trap that
-decides whether the method works": with noisy target labels the plain mean
-validation loss is dominated by mislabelled validation samples, hence the
-validation weights of :func:`trim_weights`.
+Without a separate validation set the training data is split into folds:
+each fold in turn is the validation set of a head fitted on the others. With
+noisy target labels the plain mean validation loss is dominated by the
+mislabelled validation samples (removing a clean training sample, which makes
+its true class less certain, then looks helpful), hence the validation
+weights of :func:`trim_weights`.
 """
 
 import numbers
@@ -15,25 +17,18 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
-from ._head import (
-    DENSE_MAX_DIM,
-    _augment,
-    _check_features,
-    _check_labels,
-    _HeadHessian,
-    _HeadSolve,
-    _onehot,
-    _project_null,
-    _softmax64,
-    _val_gradient,
-    _Whitening,
-    fit_head,
-)
+from ..utils._threads import limit_threads
+from ._head import DENSE_MAX_DIM, _check_features, _check_labels, _score_head
 from ._results import CrossFitResult
 
 
 def trim_weights(loss, pred, y, val_trim, *, user_given):
-    """Validation weights implied by ``val_trim`` (DESIGN.md §1).
+    """Validation weights implied by ``val_trim``.
+
+    Mislabelled validation samples dominate the gradient of the plain mean
+    validation loss; dropping them (or the highest-loss ones) makes the
+    influence scores detect noisy training labels instead of penalising clean
+    samples.
 
     Parameters
     ----------
@@ -82,9 +77,51 @@ def trim_weights(loss, pred, y, val_trim, *, user_given):
     return w
 
 
+def _check_target(target, n):
+    if isinstance(target, torch.Tensor):
+        target = target.cpu().numpy()
+    target = np.asarray(target)
+    if target.dtype != bool:
+        raise ValueError(f"target must be a boolean mask, got dtype {target.dtype}.")
+    if target.shape != (n,):
+        raise ValueError(f"target must have shape ({n},) like y, got {target.shape}.")
+    if not target.any():
+        raise ValueError("target selects no sample; cross-fitting needs target samples "
+                         "to validate on.")
+    return target
+
+
+def _folds(y, cv, k, target, random_state):
+    """``(train, validation)`` index pairs, both sorted."""
+    n = len(y)
+    where = "" if target is None else "target "
+    idx = np.arange(n) if target is None else np.flatnonzero(target)
+    counts = np.bincount(y[idx], minlength=k)
+    short = [c for c in range(k) if 0 < counts[c] < cv]
+    if short:
+        c = min(short, key=lambda c: counts[c])
+        total = "" if target is None else f" (of {int((y == c).sum())} in all)"
+        raise ValueError(
+            f"cv={cv} folds need at least {cv} {where}samples of every class present "
+            f"in the {where or 'training '}data; class {c} has {counts[c]}{total}"
+            + (f", and {len(short) - 1} more class(es) are short" if len(short) > 1 else "")
+            + "."
+        )
+    skf = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
+    if target is None:
+        return list(skf.split(np.zeros(n), y))
+    folds = []
+    everything = np.arange(n)
+    for _, va in skf.split(np.zeros(len(idx)), y[idx]):
+        va = idx[va]
+        folds.append((np.setdiff1d(everything, va, assume_unique=True), va))
+    return folds
+
+
 def cross_fit_head_influence(F, y, *, n_classes, cv=5, alpha, val_trim="auto",
                              damping="auto", hessian="exact", solver="auto",
-                             random_state=None, verbose=0, device="cpu", tol=1e-10):
+                             random_state=None, verbose=0, device="cpu", tol=1e-10,
+                             target=None, chunk_size="auto"):
     """Cross-fitted head influence of every sample (features computed once).
 
     For each of ``cv`` stratified folds the head is fitted exactly on the
@@ -93,13 +130,23 @@ def cross_fit_head_influence(F, y, *, n_classes, cv=5, alpha, val_trim="auto",
     get their influence on it. A sample's score is the mean over the folds
     in which it was trained on.
 
+    With ``target``, the folds run over the target samples only: each
+    target fold in turn is the validation set of a head fitted on everything
+    else (all non-target samples and the other target folds). Target samples
+    are then scored out of fold (mean over the ``cv - 1`` folds they were
+    trained in), non-target samples against every target fold (mean over all
+    ``cv`` folds), so every score measures the effect on the target loss.
+
     Parameters
     ----------
     F : array-like of shape (n, d)
-        Features.
+        Features: an ndarray, a ``numpy.memmap`` or any array-like with row
+        slicing, read by chunks (nothing of size ``n × d`` is held in
+        float64; a fold is a set of row indices, never a copy).
     y : array-like of int of shape (n,)
         Labels ``0..n_classes-1``.
     n_classes : int
+        Number of classes ``k``.
     cv : int, default=5
         Number of stratified folds (shuffled with ``random_state``).
     alpha : float
@@ -107,105 +154,125 @@ def cross_fit_head_influence(F, y, *, n_classes, cv=5, alpha, val_trim="auto",
     val_trim : "auto" or float, default="auto"
         See :func:`trim_weights`.
     damping : "auto" or float, default="auto"
+        See :func:`head_influence`.
     hessian : {"exact", "identity"}, default="exact"
+        ``"identity"`` gives gradient similarity.
     solver : {"auto", "cholesky", "cg"}, default="auto"
         ``"auto"`` takes the dense Cholesky whenever ``k (d+1)`` allows
         (its factor also gives the exact self-influence), CG otherwise.
     random_state : int, RandomState or None, default=None
+        Shuffles the folds.
     verbose : int, default=0
+        Show a progress bar over the folds when > 0.
     device : str, default="cpu"
+        Torch device for the algebra (chunks move there one at a time).
     tol : float, default=1e-10
+        Relative residual tolerance of CG.
+    target : array-like of bool of shape (n,), optional
+        Which samples belong to the target domain. Every class present among
+        the target samples needs at least ``cv`` of them. A class absent from
+        the target part is still learnt by every fold head (from the
+        non-target samples) but never validated on: its samples are scored
+        only by their effect on the target classes. ``None``: every sample is
+        target (the behaviour without this parameter, fold for fold).
+    chunk_size : int or "auto", default="auto"
+        Rows per chunk; ``"auto"`` keeps a moderate in-memory array whole
+        and reads anything else in chunks of about 16 MiB of float64.
 
     Returns
     -------
     result : CrossFitResult
+        With ``target``, ``oof_proba`` and ``oof_loss`` of the non-target
+        samples are in-sample (the mean over folds of the probabilities of
+        fold heads trained on them), and their ``oof_self_influence`` is NaN
+        (they are never held out).
     """
-    F = _check_features(F, "F")
+    chunks = _check_features(F, "F", chunk_size=chunk_size, device=device)
     y = _check_labels(y, n_classes, "y")
-    if len(y) != len(F):
-        raise ValueError(f"F has {len(F)} rows but y has {len(y)} labels.")
+    n = chunks.n
+    if len(y) != n:
+        raise ValueError(f"F has {n} rows but y has {len(y)} labels.")
     if hessian not in ("exact", "identity"):
         raise ValueError(f"hessian must be 'exact' or 'identity', got {hessian!r}.")
-    n, d = F.shape
+    if target is not None:
+        target = _check_target(target, n)
     k = int(n_classes)
-    dp = d + 1
-    counts = np.bincount(y, minlength=k)
-    present = counts[counts > 0]
-    if present.min() < cv:
-        raise ValueError(
-            f"cv={cv} folds need at least {cv} samples of every class; the "
-            f"smallest class has {present.min()}.")
+    dp = chunks.d + 1
+    folds = _folds(y, cv, k, target, random_state)
     if solver == "auto":
         solver = "cholesky" if k * dp <= DENSE_MAX_DIM else "cg"
     si_kind = "exact" if (hessian == "exact" and solver == "cholesky") else "identity"
-    skf = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
-    folds = list(skf.split(np.zeros(n), y))
     score_sum = np.zeros(n)
     score_cnt = np.zeros(n)
     oof_proba = np.zeros((n, k))
-    oof_self = np.zeros(n)
+    oof_self = np.full(n, np.nan)
     weights, dampings, residuals = [], [], []
-    seconds = {"fit": 0.0, "solve": 0.0, "scores": 0.0}
+    seconds = {}
     for tr, va in tqdm(folds, desc="cross-fit", disable=verbose <= 0, leave=False):
+        y_va = y[va]
+
+        def fold_weights(P_val, y_va=y_va):
+            pv = P_val.cpu().numpy()
+            loss = -np.log(np.clip(pv[np.arange(len(y_va)), y_va], 1e-300, None))
+            return trim_weights(loss, pv.argmax(1), y_va, val_trim, user_given=False)
+
+        va_chunks = chunks.subset(va)
+        res = _score_head(chunks.subset(tr), y[tr], va_chunks, y_va, n_classes=k,
+                          alpha=alpha, damping=damping, hessian=hessian, solver=solver,
+                          val_weights=fold_weights, tol=tol, need_factor=True,
+                          verbose=verbose)
+        for key, value in res.seconds.items():
+            seconds[key] = seconds.get(key, 0.0) + value
         t0 = time.perf_counter()
-        W, b = fit_head(F[tr], y[tr], k, alpha=alpha, device=device)
-        seconds["fit"] += time.perf_counter() - t0
-        t1 = time.perf_counter()
-        theta = torch.cat([torch.as_tensor(W), torch.as_tensor(b)[:, None]], 1).to(device)
-        P = _softmax64(_augment(F[tr], device) @ theta.T)
-        Pv = _softmax64(_augment(F[va], device) @ theta.T)
-        if hessian == "identity":
-            # Gradient similarity depends on the parametrisation: use the original.
-            A, Av = _augment(F[tr], device), _augment(F[va], device)
-        else:
-            wh = _Whitening(F[tr], device)
-            A, Av = wh.augment(F[tr]), wh.augment(F[va])
-        R = P - _onehot(y[tr], k, device)
-        Rv = Pv - _onehot(y[va], k, device)
-        pv = Pv.cpu().numpy()
-        oof_proba[va] = pv
-        loss_v = -np.log(np.clip(pv[np.arange(len(va)), y[va]], 1e-300, None))
-        w = trim_weights(loss_v, pv.argmax(1), y[va], val_trim, user_given=False)
-        weights.append(w)
-        G = _project_null(_val_gradient(Av, Rv, w))
-        ntr = len(tr)
-        if hessian == "identity":
-            S, lam, resid = G, 0.0, 0.0
-            hs = None
-        else:
-            hs = _HeadSolve(_HeadHessian(A, P, alpha, pen=wh.columns(alpha, 0.0)),
-                            damping=damping, solver=solver, tol=tol, need_factor=True,
-                            damping_columns=wh.columns(1.0, 1.0))
-            S = hs.solve(G)
-            lam, resid = hs.damping, hs.residual(S, G)
-        dampings.append(float(lam))
-        residuals.append(float(resid))
-        seconds["solve"] += time.perf_counter() - t1
-        t2 = time.perf_counter()
-        s = ((A @ S.T) * R).sum(1) / ntr
-        score_sum[tr] += s.cpu().numpy()
+        weights.append(res.val_weights)
+        dampings.append(res.damping)
+        residuals.append(res.residual)
+        oof_proba[va] = res.P_val.cpu().numpy()
+        score_sum[tr] += res.scores
         score_cnt[tr] += 1
-        if si_kind == "exact":
-            q = hs.quad_form_samples(Av, Rv)
-            # Held-out features may leave the span of the training features;
-            # there H is the penalty alone (the whitening dropped it).
-            curv = alpha + (lam if damping != "auto" else 0.0)
-            if curv > 0:
-                q = q + (Rv**2).sum(1) * wh.perp_sq(F[va]) / curv
-            oof_self[va] = (q / ntr).cpu().numpy()
-        else:
-            # ‖r aᵀ‖² = ‖r‖² ‖a‖² in the original coordinates: no per-sample matrix.
-            Ao = _augment(F[va], device)
-            oof_self[va] = ((Rv**2).sum(1) * (Ao**2).sum(1) / ntr).cpu().numpy()
-        seconds["scores"] += time.perf_counter() - t2
+        if target is not None:
+            # Non-target samples are never held out: their probabilities are
+            # the in-sample mean over the fold heads.
+            pos = np.flatnonzero(~target[tr])
+            oof_proba[tr[pos]] += res.P[torch.as_tensor(pos, device=res.P.device)].cpu().numpy()
+        with limit_threads():
+            oof_self[va] = _self_influence(res, va_chunks, si_kind, alpha, damping, len(tr))
+        seconds["self_influence"] = seconds.get("self_influence", 0.0) + (
+            time.perf_counter() - t0)
+        del res
+    if target is not None:
+        oof_proba[~target] /= len(folds)
     scores = score_sum / np.maximum(score_cnt, 1)
     oof_loss = -np.log(np.clip(oof_proba[np.arange(n), y], 1e-300, None))
-    for name, arr in (("scores", scores), ("oof_self_influence", oof_self)):
+    held_out = slice(None) if target is None else target
+    for name, arr in (("scores", scores), ("oof_self_influence", oof_self[held_out])):
         if not np.isfinite(arr).all():
             raise FloatingPointError(f"cross-fitted {name} are not finite; increase alpha.")
     return CrossFitResult(
         scores=scores, oof_proba=oof_proba, oof_loss=oof_loss,
         oof_self_influence=oof_self, self_influence_hessian=si_kind, folds=folds,
         val_weights_per_fold=weights, damping=dampings, residual=residuals,
-        solver=solver if hessian == "exact" else "none", seconds=seconds,
+        solver=solver if hessian == "exact" else "none", seconds=seconds, target=target,
     )
+
+
+def _self_influence(res, va_chunks, si_kind, alpha, damping, n_train):
+    """``(1/n_train) ∇L_iᵀ H⁻¹ ∇L_i`` of the held-out samples of one fold."""
+    Rv = res.R_val
+    if si_kind == "exact":
+        q = res.solve.quad_forms(res.design_val, Rv)
+        # Held-out features may leave the span of the training features;
+        # there H is the penalty alone (the whitening dropped it).
+        curv = alpha + (res.damping if damping != "auto" else 0.0)
+        if curv > 0:
+            perp = torch.empty_like(q)
+            for sl, Xc in res.design_val:
+                perp[sl] = res.coords.perp_sq(Xc)
+            q = q + (Rv**2).sum(1) * perp / curv
+    else:
+        # ‖r aᵀ‖² = ‖r‖² ‖a‖² in the original coordinates: no per-sample matrix.
+        sq = torch.empty(va_chunks.n, dtype=torch.float64, device=Rv.device)
+        for sl, X in va_chunks:
+            sq[sl] = (X**2).sum(1) + 1.0
+        q = (Rv**2).sum(1) * sq
+    return (q / n_train).cpu().numpy()

@@ -1,6 +1,8 @@
 """One streamed forward pass that returns the input of a chosen layer."""
 
 import contextlib
+import os
+import tempfile
 
 import numpy as np
 import torch
@@ -79,8 +81,28 @@ def _model_device(net):
     return None
 
 
+def _open_output(out, n, d):
+    """Create the ``.npy`` file for ``out``; returns ``(path, data_offset)``."""
+    path = os.fspath(out)
+    if os.path.isdir(path):
+        fd, path = tempfile.mkstemp(prefix="features-", suffix=".npy", dir=path)
+        os.close(fd)
+    elif not path.endswith(".npy"):
+        raise ValueError(f"out must be a directory or a path ending in '.npy', got {path!r}.")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"out={path!r}: the directory {parent!r} does not exist.")
+    # open_memmap writes the .npy header and sizes the file (sparse on most
+    # file systems); the rows are then written through a plain file handle so
+    # that they never count in this process's resident memory.
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    offset = mm.offset
+    del mm
+    return path, offset
+
+
 def extract_features(net, X, *, layer=None, batch_size=256, device="cpu", amp=None,
-                     verbose=0):
+                     verbose=0, out=None):
     """Stream ``X`` through ``net`` once and return a layer's input as features.
 
     The network runs in eval mode under ``torch.inference_mode`` (BatchNorm
@@ -92,6 +114,7 @@ def extract_features(net, X, *, layer=None, batch_size=256, device="cpu", amp=No
     Parameters
     ----------
     net : torch.nn.Module
+        The network (never modified).
     X : ndarray or torch Dataset
         Inputs (validated with :func:`skitl.utils.check_X`); a Dataset yields
         ``(x, y)`` or ``x``.
@@ -100,21 +123,36 @@ def extract_features(net, X, *, layer=None, batch_size=256, device="cpu", amp=No
         forward pre-hook), so ``layer=head_name`` gives the head's features.
         ``None`` returns the flattened network output.
     batch_size : int, default=256
+        Samples per forward batch.
     device : str, default="cpu"
+        Device of the forward pass.
     amp : {None, "bf16", "fp16"}, default=None
         Autocast dtype for the forward pass (fp16 only on CUDA). Features
         are returned in float32 either way.
     verbose : int, default=0
         Show a progress bar when > 0.
+    out : str or path-like, optional
+        Write the features to disk instead of memory: a path ending in
+        ``.npy`` (created or overwritten) or an existing directory, in which
+        a new uniquely named ``features-*.npy`` file is created. Batches are
+        written as they are computed, so memory does not grow with the
+        number of samples; the result is a read-only ``numpy.memmap`` of that
+        file, which every function of :mod:`skitl.influence` reads by chunks
+        (``numpy.load(path, mmap_mode="r")`` reopens it). The caller owns the
+        file: delete it (or the directory) when done, after dropping the
+        returned memmap. On error a file created here is removed.
 
     Returns
     -------
-    features : ndarray of float32 of shape (n_samples, n_features)
+    features : ndarray or numpy.memmap of float32 of shape (n_samples, n_features)
+        In memory, or a read-only memmap of the ``.npy`` file when ``out`` is
+        given (its path is ``features.filename``).
 
     Raises
     ------
     ValueError
-        If ``layer`` is not a submodule, or the network produces NaN/inf.
+        If ``layer`` is not a submodule, the network produces NaN/inf, or
+        ``out`` is neither a directory nor a ``.npy`` path.
     """
     X = check_X(X)
     if batch_size < 1:
@@ -135,7 +173,8 @@ def extract_features(net, X, *, layer=None, batch_size=256, device="cpu", amp=No
         handle = sub.register_forward_pre_hook(hook)
     orig_device = _model_device(net)
     moved = orig_device is not None and orig_device != torch.device(device)
-    out = None
+    result = path = sink = None
+    n_bad = 0
     try:
         if moved:
             net.to(device)
@@ -148,20 +187,40 @@ def extract_features(net, X, *, layer=None, batch_size=256, device="cpu", amp=No
                     xb = xb.float() / 255.0
                 y = net(xb)
                 f = captured.pop("x") if layer is not None else y
-                f = f.reshape(len(xb), -1)
-                if out is None:
-                    out = np.empty((n, f.shape[1]), dtype=np.float32)
-                out[sl] = f.float().cpu().numpy()
+                f = f.reshape(len(xb), -1).float()
+                n_bad += int((~torch.isfinite(f)).sum())
+                f = f.cpu().numpy()
+                if sink is None and result is None:
+                    if out is None:
+                        result = np.empty((n, f.shape[1]), dtype=np.float32)
+                    else:
+                        path, offset = _open_output(out, n, f.shape[1])
+                        sink = open(path, "r+b")
+                        sink.seek(offset)
+                if sink is not None:
+                    sink.write(np.ascontiguousarray(f).tobytes())
+                else:
+                    result[sl] = f
                 bar.update(len(xb))
             bar.close()
+        if sink is not None:
+            sink.close()
+            sink = None
+        if n_bad:
+            raise ValueError(
+                "The network produced NaN or infinite features "
+                f"({n_bad} entries); check the weights, the input scale, or "
+                "disable amp.")
+        if path is not None:
+            result = np.load(path, mmap_mode="r")
+            path = None  # handed over to the caller
     finally:
         if handle is not None:
             handle.remove()
         if moved:
             net.to(orig_device)
-    if not np.isfinite(out).all():
-        raise ValueError(
-            "The network produced NaN or infinite features "
-            f"({int((~np.isfinite(out)).sum())} entries); check the weights, the "
-            "input scale, or disable amp.")
-    return out
+        if sink is not None:
+            sink.close()
+        if path is not None and os.path.exists(path):
+            os.remove(path)
+    return result

@@ -1,11 +1,22 @@
 """Exact head fit and closed-form influence of a multinomial logistic head.
 
 With the backbone frozen the head is a multinomial logistic regression on the
-features ``a = [phi, 1]``. Everything here runs in float64: DESIGN.md §1 records
-that a float32 softmax made the exact Hessian indefinite on ImageNet-scale
-features. The Hessian is never needed as a matrix for a single right-hand
-side; it is built densely only when the Cholesky path is chosen (small
-``k * (d + 1)``, or the cross-fitted self-influence which needs a factor).
+features ``a = [phi, 1]``. Everything here runs in float64: a float32 softmax
+sums to 1 only to ~1e-7, and with ImageNet-scale features (mean ≈ 20, max ≈
+150) that error times ``‖a‖²`` was measured to make the exact Hessian
+indefinite beyond a 1e-3 relative damping. The Hessian is never needed as a
+matrix for a single right-hand side; it is built densely only when the
+Cholesky path is chosen (small ``k * (d + 1)``, or the cross-fitted
+self-influence which needs a factor).
+
+Out of core
+-----------
+The features are read only through :class:`~._chunks.FeatureChunks`: every
+pass (statistics, probabilities, gradient, Hessian-vector product, scores)
+is a sum over chunks of rows, each upcast to float64 on its own, so a
+float32 ``numpy.memmap`` of any length runs in memory ``O(chunk × d + n ×
+k)``. An in-memory array is one chunk that is kept (whitened) between
+passes; this is the only difference between the two cases.
 
 Null space
 ----------
@@ -23,15 +34,18 @@ factorisation or CG run fails numerically.
 
 import time
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from ..utils._threads import limit_threads
+from ._chunks import FeatureChunks, as_feature_source
 from ._results import InfluenceResult
 from ._solvers import conjugate_gradient
 
-# Largest k * (d + 1) for which a dense float64 Hessian is built (DESIGN.md:
-# ≈ 20k; ResNet-50 features with 10 classes give 20,490).
+# Largest k * (d + 1) for which a dense float64 Hessian is built (ResNet-50
+# features with 10 classes give 20,490).
 DENSE_MAX_DIM = 20500
 
 # Relative damping levels tried in turn when damping="auto" and the
@@ -39,65 +53,154 @@ DENSE_MAX_DIM = 20500
 _AUTO_DAMPING_LADDER = (0.0, 1e-9, 1e-6, 1e-3)
 
 
-def _as_f64(F, device):
-    return torch.as_tensor(np.asarray(F), dtype=torch.float64, device=device)
+def _as_f64(x, device):
+    return torch.as_tensor(np.asarray(x), dtype=torch.float64, device=device)
 
 
-def _augment(F, device):
-    F = _as_f64(F, device)
-    return torch.cat([F, torch.ones(F.shape[0], 1, dtype=F.dtype, device=device)], 1)
+class _Coords:
+    """Coordinates of the head algebra: ``a_i = [(F_i - mu) T, 1]``.
 
+    Whitened (``hessian="exact"``): ``mu`` the training mean, ``T = U Λ^{-1/2}``
+    from the training covariance, an exact reparametrisation. Influence
+    ``(1/n) g_valᵀ H⁻¹ ∇L_i`` is a scalar that does not depend on the
+    (linear) parametrisation, so the algebra runs where the training
+    features have identity covariance: there CG needs a handful of
+    iterations where raw ReLU features (correlated, mean ≈ 20) need
+    thousands. With ``W = W' Tᵀ`` the penalty ``(alpha/2)‖W‖²`` stays diagonal:
+    ``alpha / λ_j`` on column ``j``. Directions without training variance
+    (``λ_j ≈ 0``) are dropped; this is exact for the scores, because no
+    training gradient has a component there.
 
-class _Whitening:
-    """Centre and whiten the training features: an exact reparametrisation.
-
-    Influence ``(1/n) g_valᵀ H⁻¹ ∇L_i`` is a scalar that does not depend on
-    the (linear) parametrisation, so the head algebra runs in coordinates
-    where the training features have identity covariance: there CG needs a
-    handful of iterations where raw ReLU features (correlated, mean ≈ 20)
-    need thousands. With ``W = W' Tᵀ``, ``T = U Λ^{-1/2}``, the penalty
-    ``(alpha/2)‖W‖²`` stays diagonal: ``alpha / λ_j`` on column ``j``.
-    Directions without training variance (``λ_j ≈ 0``) are dropped; this is
-    exact for the scores, because no training gradient has a component there.
+    Raw (``hessian="identity"``: gradient similarity depends on the
+    parametrisation, so it uses the original one): ``mu`` and ``T`` are None.
     """
 
-    def __init__(self, F, device, rtol=1e-10):
-        Ft = _as_f64(F, device)
-        self.mu = Ft.mean(0)
-        Fc = Ft - self.mu
-        C = Fc.T @ Fc / max(len(Ft), 1)
+    def __init__(self, d, device, mu=None, U=None, evals=None):
+        self.d = d
+        self.device = device
+        self.mu = mu
+        self.U = U
+        self.evals = evals
+        self.T = None if U is None else U / torch.sqrt(evals)
+
+    @classmethod
+    def raw(cls, chunks):
+        return cls(chunks.d, chunks.device)
+
+    @classmethod
+    def whitening(cls, chunks, rtol=1e-10):
+        # Two passes (mean, then the centred covariance) rather than
+        # E[FᵀF] - mu muᵀ, which cancels catastrophically for features whose
+        # mean is large against their spread.
+        d, dev = chunks.d, chunks.device
+        total = torch.zeros(d, dtype=torch.float64, device=dev)
+        for _, X in chunks:
+            total += X.sum(0)
+        mu = total / chunks.n
+        C = torch.zeros(d, d, dtype=torch.float64, device=dev)
+        for _, X in chunks:
+            Xc = X - mu
+            C += Xc.T @ Xc
+        C /= chunks.n
         evals, U = torch.linalg.eigh(C)
         keep = evals > rtol * max(float(evals.max()), 1e-300)
-        self.U = U[:, keep]
-        self.evals = evals[keep]
-        self.T = self.U / torch.sqrt(self.evals)
-        self.device = device
+        return cls(d, dev, mu, U[:, keep], evals[keep])
 
-    def augment(self, F):
-        Z = (_as_f64(F, self.device) - self.mu) @ self.T
-        return torch.cat([Z, torch.ones(len(Z), 1, dtype=Z.dtype, device=Z.device)], 1)
+    @property
+    def dp(self):
+        """Columns of ``a``: kept directions + 1 (the bias)."""
+        return (self.d if self.T is None else self.T.shape[1]) + 1
 
     def columns(self, weight_value, bias_value):
         """Per-column diagonal of ``weight_value * ‖W‖² + bias_value * b'²``."""
-        return torch.cat([weight_value / self.evals,
-                          torch.full((1,), float(bias_value), dtype=torch.float64,
-                                     device=self.device)])
+        dev = self.device
+        w = (torch.full((self.dp - 1,), float(weight_value), dtype=torch.float64, device=dev)
+             if self.evals is None else weight_value / self.evals)
+        return torch.cat([w, torch.full((1,), float(bias_value), dtype=torch.float64,
+                                        device=dev)])
 
-    def perp_sq(self, F):
-        """Squared norm of the centred features outside the kept directions."""
-        Fc = _as_f64(F, self.device) - self.mu
-        return ((Fc**2).sum(1) - ((Fc @ self.U) ** 2).sum(1)).clamp_min(0.0)
-
-    def to_white(self, W, b):
+    def to_coords(self, W, b):
         W = _as_f64(W, self.device)
         b = _as_f64(b, self.device)
+        if self.T is None:
+            return torch.cat([W, b[:, None]], 1)
         Wp = W @ (self.U * torch.sqrt(self.evals))
         return torch.cat([Wp, (b + W @ self.mu)[:, None]], 1)
 
-    def from_white(self, th):
+    def perp_sq(self, Xc):
+        """Squared norm of centred rows ``Xc`` outside the kept directions."""
+        return ((Xc**2).sum(1) - ((Xc @ self.U) ** 2).sum(1)).clamp_min(0.0)
+
+    def from_coords(self, th):
+        if self.T is None:
+            return th[:, :-1], th[:, -1]
         W = th[:, :-1] @ self.T.T
         b = th[:, -1] - W @ self.mu
         return W, b
+
+
+class _Design:
+    """The matrix ``A`` (rows ``a_i`` in the given coordinates), read by chunks.
+
+    A chunk is ``X`` with ``a_i = [X_i Tr, 1]``: for a cached in-memory
+    chunk ``X`` is already whitened (``Tr`` None); for a chunk read from the
+    source ``X = F - mu`` and ``Tr = T`` stays on the parameter side, so a
+    pass costs ``O(m d k)`` instead of a ``d × d`` whitening of every chunk.
+    """
+
+    def __init__(self, chunks, coords, *, cache=False):
+        self.chunks = chunks
+        self.coords = coords
+        self.n = chunks.n
+        self.dp = coords.dp
+        self.Tr = coords.T
+        self._cached = None
+        if cache and chunks.single:
+            for sl, X in self._centred():
+                if coords.T is not None:
+                    X = X @ coords.T
+                self._cached = (sl, X)
+            self.Tr = None
+
+    def _centred(self):
+        mu = self.coords.mu
+        for sl, X in self.chunks:
+            yield sl, (X if mu is None else X - mu)
+
+    def __iter__(self):
+        if self._cached is not None:
+            yield self._cached
+        else:
+            yield from self._centred()
+
+    def split(self, V):
+        """``V`` (k, dp) as ``(Vq, v_b)`` with ``A Vᵀ = X Vqᵀ + v_b`` on every chunk."""
+        Vw = V[:, :-1]
+        return (Vw if self.Tr is None else Vw @ self.Tr.T), V[:, -1]
+
+    def join(self, Gq, gb):
+        """Inverse of :meth:`split` for accumulated ``Σ r_i X_i`` and ``Σ r_i``."""
+        return torch.cat([Gq if self.Tr is None else Gq @ self.Tr, gb[:, None]], 1)
+
+    def accumulator(self, k):
+        q = self.dp - 1 if self.Tr is None else self.Tr.shape[0]
+        dev = self.coords.device
+        return (torch.zeros(k, q, dtype=torch.float64, device=dev),
+                torch.zeros(k, dtype=torch.float64, device=dev))
+
+    def rows(self, X):
+        """Explicit augmented rows ``a_i`` of a chunk."""
+        Z = X if self.Tr is None else X @ self.Tr
+        return torch.cat([Z, torch.ones(len(Z), 1, dtype=Z.dtype, device=Z.device)], 1)
+
+    def gram(self, R):
+        """``Σ_i R_i a_iᵀ`` for per-row vectors ``R`` of shape (n, k)."""
+        acc, accb = self.accumulator(R.shape[1])
+        for sl, X in self:
+            Rc = R[sl]
+            acc += Rc.T @ X
+            accb += Rc.sum(0)
+        return self.join(acc, accb)
 
 
 def _check_labels(y, n_classes, name):
@@ -119,31 +222,35 @@ def _check_labels(y, n_classes, name):
     return y.astype(np.int64)
 
 
-def _check_features(F, name):
-    F = np.asarray(F)
-    if F.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {F.shape}.")
-    if F.shape[0] == 0:
-        raise ValueError(f"{name} is empty.")
-    if not np.isfinite(F).all():
+def _check_features(F, name, *, chunk_size="auto", device="cpu"):
+    """Validate features and return them as :class:`FeatureChunks`.
+
+    The finiteness check runs chunk by chunk: ``np.isfinite(F).all()`` on a
+    memmap would allocate ``n × d`` booleans.
+    """
+    F = as_feature_source(F, name)
+    chunks = F if isinstance(F, FeatureChunks) else FeatureChunks(
+        F, chunk_size=chunk_size, device=device)
+    if chunks.count_nonfinite():
         raise ValueError(
             f"{name} contains NaN or infinite values; influence needs finite "
             "features (check the backbone and the inputs)."
         )
-    return F
+    return chunks
 
 
 def _softmax64(logits):
-    # float64 softmax, renormalised so that rows sum to 1 to rounding:
-    # DESIGN.md "Numerics that were measured to bite".
+    # float64 softmax, renormalised so that rows sum to 1 to rounding (see
+    # the module notes on float32 softmax).
     p = torch.softmax(logits.to(torch.float64), dim=1)
     return p / p.sum(1, keepdim=True)
 
 
-def _onehot(y, k, device):
-    Y = torch.zeros(len(y), k, dtype=torch.float64, device=device)
-    Y[torch.arange(len(y), device=device), torch.as_tensor(y, device=device)] = 1.0
-    return Y
+def _residuals(P, y):
+    """``r_i = p_i - onehot(y_i)`` (a new tensor)."""
+    R = P.clone()
+    R[torch.arange(len(R), device=R.device), y] -= 1.0
+    return R
 
 
 def _project_null(V):
@@ -151,27 +258,239 @@ def _project_null(V):
     return V - V.mean(0, keepdim=True)
 
 
-def predict_proba_head(F, W, b, *, device="cpu"):
+def _proba(chunks, W, b):
+    """Probabilities of the head ``(W, b)`` in its own coordinates, (n, k) float64."""
+    Wt = _as_f64(W, chunks.device)
+    bt = _as_f64(b, chunks.device)
+    if Wt.ndim != 2 or Wt.shape[1] != chunks.d or bt.shape != (Wt.shape[0],):
+        raise ValueError(
+            f"W must have shape (n_classes, {chunks.d}) and b (n_classes,), got "
+            f"{tuple(Wt.shape)} and {tuple(bt.shape)}.")
+    P = torch.empty(chunks.n, Wt.shape[0], dtype=torch.float64, device=chunks.device)
+    for sl, X in chunks:
+        P[sl] = _softmax64(X @ Wt.T + bt)
+    return P
+
+
+def predict_proba_head(F, W, b, *, device="cpu", chunk_size="auto"):
     """Class probabilities of a fitted head, computed in float64.
 
     Parameters
     ----------
-    F : ndarray of shape (n_samples, n_features)
+    F : array-like of shape (n_samples, n_features)
+        Features; a ``numpy.memmap`` or any array-like is read by chunks.
     W : ndarray of shape (n_classes, n_features)
+        Head weights.
     b : ndarray of shape (n_classes,)
+        Head bias.
     device : str, default="cpu"
+        Torch device for the algebra (chunks move there one at a time).
+    chunk_size : int or "auto", default="auto"
+        Rows per chunk; ``"auto"`` keeps a moderate in-memory array whole and
+        reads anything else in chunks of about 16 MiB of float64.
 
     Returns
     -------
-    proba : ndarray of shape (n_samples, n_classes)
+    proba : ndarray of float64 of shape (n_samples, n_classes)
     """
-    A = _augment(F, device)
-    theta = torch.cat([_as_f64(W, device), _as_f64(b, device)[:, None]], 1)
-    return _softmax64(A @ theta.T).cpu().numpy()
+    chunks = FeatureChunks(as_feature_source(F, "F"), chunk_size=chunk_size, device=device)
+    return _proba(chunks, W, b).cpu().numpy()
+
+
+class _HeadHessian:
+    """Matrix-free Hessian of the head objective at fixed probabilities ``P``."""
+
+    def __init__(self, design, P, pen):
+        self.design = design
+        self.P = P
+        self.n, self.dp = design.n, design.dp
+        self.k = P.shape[1]
+        self.pen = pen
+        self.device = P.device
+
+    def column_blocks(self):
+        """Exact ``k × k`` diagonal blocks, one per feature column: (dp, k, k).
+
+        ``Σ_i a_ij² (diag p_i − p_i p_iᵀ) / n + pen_j I``. As a block-Jacobi
+        preconditioner it captures the coupling between classes that a plain
+        diagonal misses (whitening already removed most of the coupling
+        between features). Its diagonal is the diagonal of ``H``.
+        """
+        k = self.k
+        D = torch.zeros(self.dp, k, dtype=torch.float64, device=self.device)
+        M = torch.zeros(self.dp, k * k, dtype=torch.float64, device=self.device)
+        for sl, X in self.design:
+            A2 = self.design.rows(X) ** 2 / self.n
+            P = self.P[sl]
+            D += A2.T @ P
+            # one GEMM over the flattened outer products: einsum's contraction
+            # order here was ~10x slower and dominated the head fit.
+            M += A2.T @ (P[:, :, None] * P[:, None, :]).reshape(len(P), -1)
+        blocks = -M.reshape(-1, k, k)
+        idx = torch.arange(k, device=self.device)
+        blocks[:, idx, idx] += D + self.pen[:, None]
+        return blocks
+
+    def matvec(self, V):
+        design = self.design
+        Vq, vb = design.split(V)
+        acc, accb = design.accumulator(self.k)
+        for sl, X in design:
+            P = self.P[sl]
+            PU = P * (X @ Vq.T + vb)
+            Z = PU - P * PU.sum(1, keepdim=True)
+            acc += Z.T @ X
+            accb += Z.sum(0)
+        return design.join(acc, accb) / self.n + self.pen * V
+
+    def dense(self, chunk_elems=2**24):
+        k, dp, n = self.k, self.dp, self.n
+        H = torch.zeros(k * dp, k * dp, dtype=torch.float64, device=self.device)
+        rows = max(1, chunk_elems // (k * dp))
+        for sl, X in self.design:
+            A_all = self.design.rows(X)
+            P_all = self.P[sl]
+            for s in range(0, len(A_all), rows):
+                A = A_all[s:s + rows]
+                P = P_all[s:s + rows]
+                for c in range(k):
+                    # B[i, c'] = p_ic δ_cc' − p_ic p_ic' for c' >= c (mirror the rest).
+                    B = -P[:, c:c + 1] * P[:, c:]
+                    B[:, 0] += P[:, c]
+                    H[c * dp:(c + 1) * dp, c * dp:] += A.T @ (
+                        B[:, :, None] * A[:, None, :]).reshape(len(A), -1)
+        H /= n
+        iu = torch.triu_indices(k, k, 1)
+        for c, c2 in zip(iu[0].tolist(), iu[1].tolist()):
+            H[c2 * dp:(c2 + 1) * dp, c * dp:(c + 1) * dp] = (
+                H[c * dp:(c + 1) * dp, c2 * dp:(c2 + 1) * dp].T)
+        H.diagonal().add_(self.pen.repeat(k))
+        return H
+
+
+def _add_null_projector(H, k, dp, scale):
+    # H += scale * P_null, P_null = (1 1ᵀ / k) ⊗ I_dp in the row-major
+    # (class, feature) layout, in place (no second k·dp × k·dp matrix).
+    H.view(k, dp, k, dp).diagonal(dim1=1, dim2=3).add_(scale / k)
+
+
+def _block_preconditioner(blocks):
+    inv = torch.linalg.inv(blocks)
+
+    def precond(R):
+        return torch.einsum("jcd,dj->cj", inv, R)
+    return precond
+
+
+def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
+    """Newton-CG with an Armijo line search on ``design`` (whitened coordinates).
+
+    Quadratic convergence to the tight tolerance influence needs, at a cost
+    of a few dozen matrix-free Hessian products per step (L-BFGS crawls at
+    these tolerances). Keeps one ``n × k`` array of probabilities.
+    """
+    n = design.n
+    dev = pen.device
+
+    def objective(th, grad):
+        Vq, vb = design.split(th)
+        loss = torch.zeros((), dtype=torch.float64, device=dev)
+        P = torch.empty(n, k, dtype=torch.float64, device=dev) if grad else None
+        acc, accb = design.accumulator(k) if grad else (None, None)
+        for sl, X in design:
+            logits = X @ Vq.T + vb
+            lse = torch.logsumexp(logits, 1)
+            yc = y[sl]
+            loss += (lse - logits.gather(1, yc[:, None])[:, 0]).sum()
+            if grad:
+                Pc = torch.exp(logits - lse[:, None])
+                Pc = Pc / Pc.sum(1, keepdim=True)
+                P[sl] = Pc
+                Rc = _residuals(Pc, yc)
+                acc += Rc.T @ X
+                accb += Rc.sum(0)
+        loss = float(loss) / n + 0.5 * float((pen * th**2).sum())
+        if not grad:
+            return loss, None, None
+        g = _project_null(design.join(acc, accb) / n) + pen * th
+        return loss, P, g
+
+    th = (torch.zeros(k, design.dp, dtype=torch.float64, device=dev)
+          if theta0 is None else _project_null(theta0))
+    loss, P, g = objective(th, True)
+    gmax = np.inf
+    n_newton = 0
+    history = []
+    for it in range(1, max_iter + 1):
+        n_newton = it
+        gmax = float(g.abs().max())
+        if gmax <= tol:
+            break
+        hess = _HeadHessian(design, P, pen)
+        blocks = hess.column_blocks()
+        mean_diag = float(blocks.diagonal(dim1=1, dim2=2).mean())
+
+        def op(V, hess=hess, mu_=mean_diag):
+            return hess.matvec(V) + mu_ * V.mean(0, keepdim=True)
+
+        precond = _block_preconditioner(blocks + mean_diag / k)
+        gnorm = float(torch.linalg.norm(g))
+        eta = min(0.5, np.sqrt(gnorm)) if gnorm > 1e-8 else 1e-10
+        step, _ = conjugate_gradient(op, -g, tol=max(eta, 1e-12), max_iter=10 * g.numel(),
+                                     preconditioner=precond, raise_on_failure=False)
+        # A block preconditioner lets inexact steps drift into the softmax
+        # null space, where only the (weak) penalty pulls back; the minimiser
+        # has no null component, so keep iterates out of it.
+        step = _project_null(step)
+        slope = float((g * step).sum())
+        if not slope < 0:
+            step, slope = -g, -float((g * g).sum())
+        t = 1.0
+        accepted = False
+        for _ in range(60):
+            th_new = th + t * step
+            loss_new = objective(th_new, False)[0]
+            # Near the optimum the loss no longer resolves the decrease (it
+            # changes below float64 rounding), so a full Newton step that
+            # keeps the loss equal to rounding is taken: there it is the
+            # gradient, not the loss, that still converges quadratically.
+            if loss_new <= loss + 1e-4 * t * slope or (
+                    t == 1.0 and loss_new <= loss + 1e-13 * abs(loss)):
+                accepted = True
+                break
+            t *= 0.5
+        if not accepted:
+            break  # no decrease possible at machine precision
+        history.append(gmax)
+        if len(history) > 6 and gmax > 0.5 * history[-6]:
+            break  # stagnated at the rounding floor
+        th = th_new
+        loss, P, g = objective(th, True)
+    else:
+        gmax = float(g.abs().max())
+    if gmax > max(1e3 * tol, 1e-6):
+        warnings.warn(
+            f"fit_head: Newton stopped after {n_newton} iterations with gradient "
+            f"max-norm {gmax:.2e} > tol={tol:g}; influence assumes an exact "
+            "minimiser, raise max_iter or alpha.",
+            RuntimeWarning, stacklevel=3,
+        )
+    return th
+
+
+def _fit_in(design, y, k, alpha, *, tol, max_iter, init):
+    """Fit on a whitened design; returns ``(W, b)`` as float64 tensors."""
+    coords = design.coords
+    pen = coords.columns(alpha, 0.0)
+    theta0 = None if init is None else coords.to_coords(*init)
+    th = _newton(design, torch.as_tensor(y, device=coords.device), k, pen, tol=tol,
+                 max_iter=max_iter, theta0=theta0)
+    W, b = coords.from_coords(th)
+    return W, b - b.mean()
 
 
 def fit_head(F, y, n_classes, *, alpha, tol=1e-10, max_iter=1000, init=None,
-             device="cpu"):
+             device="cpu", chunk_size="auto"):
     """Fit the multinomial logistic head exactly (float64).
 
     Minimises ``J(W, b) = (1/n) Σ_i CE(W a_i + b, y_i) + (alpha/2) ‖W‖²`` (the
@@ -185,7 +504,9 @@ def fit_head(F, y, n_classes, *, alpha, tol=1e-10, max_iter=1000, init=None,
     Parameters
     ----------
     F : array-like of shape (n_samples, n_features)
-        Features (any float dtype; computed in float64).
+        Features (any numeric dtype; computed in float64). A
+        ``numpy.memmap`` or any array-like with row slicing is read by
+        chunks and never held whole in float64.
     y : array-like of int of shape (n_samples,)
         Labels in ``0..n_classes-1``.
     n_classes : int
@@ -203,7 +524,11 @@ def fit_head(F, y, n_classes, *, alpha, tol=1e-10, max_iter=1000, init=None,
         Warm start (for example the full-data solution when refitting
         without one sample).
     device : str, default="cpu"
-        Torch device for the algebra.
+        Torch device for the algebra (chunks move there one at a time).
+    chunk_size : int or "auto", default="auto"
+        Rows per chunk; ``"auto"`` keeps a moderate in-memory array whole
+        (whitened once) and reads anything else in chunks of about 16 MiB of
+        float64. Results do not depend on it beyond rounding.
 
     Returns
     -------
@@ -212,168 +537,17 @@ def fit_head(F, y, n_classes, *, alpha, tol=1e-10, max_iter=1000, init=None,
         The bias is centred (sums to zero over classes): the objective does
         not depend on a common shift of the bias.
     """
-    F = _check_features(F, "F")
+    chunks = _check_features(F, "F", chunk_size=chunk_size, device=device)
     y = _check_labels(y, n_classes, "y")
-    if len(y) != F.shape[0]:
-        raise ValueError(f"F has {F.shape[0]} rows but y has {len(y)} labels.")
+    if len(y) != chunks.n:
+        raise ValueError(f"F has {chunks.n} rows but y has {len(y)} labels.")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}.")
-    n, d = F.shape
-    k = int(n_classes)
-    wh = _Whitening(F, device)
-    Z = wh.augment(F)
-    Y = _onehot(y, k, device)
-    pen = wh.columns(alpha, 0.0)
-
-    def objective(th):
-        logits = Z @ th.T
-        lse = torch.logsumexp(logits, 1)
-        loss = (lse - (logits * Y).sum(1)).mean() + 0.5 * (pen * th**2).sum()
-        return float(loss), logits, lse
-
-    if init is None:
-        th = torch.zeros(k, Z.shape[1], dtype=torch.float64, device=device)
-    else:
-        th = _project_null(wh.to_white(*init))
-    # Newton-CG with an Armijo line search: quadratic convergence to the
-    # tight tolerance influence needs, at a cost of a few dozen matrix-free
-    # Hessian products per step (L-BFGS crawls at these tolerances).
-    loss, logits, lse = objective(th)
-    gmax = np.inf
-    n_newton = 0
-    history = []
-    for it in range(1, max_iter + 1):
-        n_newton = it
-        P = torch.exp(logits - lse[:, None])
-        P = P / P.sum(1, keepdim=True)
-        g = _project_null((P - Y).T @ Z / n) + pen * th
-        gmax = float(g.abs().max())
-        if gmax <= tol:
-            break
-        hess = _HeadHessian(Z, P, alpha, pen=pen)
-        mean_diag = float(hess.diag().mean())
-        inv = torch.linalg.inv(hess.column_blocks() + mean_diag / k)
-
-        def op(V, hess=hess, mu_=mean_diag):
-            return hess.matvec(V) + mu_ * V.mean(0, keepdim=True)
-
-        def precond(R, inv=inv):
-            return torch.einsum("jcd,dj->cj", inv, R)
-
-        gnorm = float(torch.linalg.norm(g))
-        eta = min(0.5, np.sqrt(gnorm)) if gnorm > 1e-8 else 1e-10
-        step, _ = conjugate_gradient(op, -g, tol=max(eta, 1e-12), max_iter=10 * g.numel(),
-                                     preconditioner=precond, raise_on_failure=False)
-        # A diagonal preconditioner lets inexact steps drift into the softmax
-        # null space, where only the (weak) penalty pulls back; the minimiser
-        # has no null component, so keep iterates out of it.
-        step = _project_null(step)
-        slope = float((g * step).sum())
-        if not slope < 0:
-            step, slope = -g, -float((g * g).sum())
-        t = 1.0
-        accepted = False
-        for _ in range(60):
-            th_new = th + t * step
-            loss_new, logits_new, lse_new = objective(th_new)
-            # Near the optimum the loss no longer resolves the decrease (it
-            # changes below float64 rounding), so a full Newton step that
-            # keeps the loss equal to rounding is taken: there it is the
-            # gradient, not the loss, that still converges quadratically.
-            if loss_new <= loss + 1e-4 * t * slope or (
-                    t == 1.0 and loss_new <= loss + 1e-13 * abs(loss)):
-                accepted = True
-                break
-            t *= 0.5
-        if not accepted:
-            break  # no decrease possible at machine precision
-        history.append(gmax)
-        if len(history) > 6 and gmax > 0.5 * history[-6]:
-            break  # stagnated at the rounding floor
-        th, loss, logits, lse = th_new, loss_new, logits_new, lse_new
-    if gmax > max(1e3 * tol, 1e-6):
-        warnings.warn(
-            f"fit_head: Newton stopped after {n_newton} iterations with gradient "
-            f"max-norm {gmax:.2e} > tol={tol:g}; influence assumes an exact "
-            "minimiser, raise max_iter or alpha.",
-            RuntimeWarning, stacklevel=2,
-        )
-    W, b = wh.from_white(th)
-    b = b - b.mean()
+    with limit_threads():
+        design = _Design(chunks, _Coords.whitening(chunks), cache=True)
+        W, b = _fit_in(design, y, int(n_classes), alpha, tol=tol, max_iter=max_iter,
+                       init=init)
     return W.cpu().numpy(), b.cpu().numpy()
-
-
-class _HeadHessian:
-    """Matrix-free Hessian of the head objective at a fixed ``(W, b)``."""
-
-    def __init__(self, A, P, alpha, pen=None):
-        self.A = A
-        self.P = P
-        self.n, self.dp = A.shape
-        self.k = P.shape[1]
-        self.alpha = alpha
-        if pen is None:
-            # alpha acts on the weight columns only, never on the bias column.
-            pen = torch.full((self.dp,), float(alpha), dtype=A.dtype, device=A.device)
-            pen[-1] = 0.0
-        self.pen = pen
-
-    def diag(self):
-        d = ((self.P * (1 - self.P)).T @ self.A**2) / self.n
-        return d + self.pen
-
-    def column_blocks(self):
-        """Exact ``k × k`` diagonal blocks, one per feature column: (dp, k, k).
-
-        ``Σ_i a_ij² (diag p_i − p_i p_iᵀ) / n + pen_j I``. As a block-Jacobi
-        preconditioner it captures the coupling between classes that a plain
-        diagonal misses (whitening already removed most of the coupling
-        between features).
-        """
-        A2 = self.A**2 / self.n                                   # (n, dp)
-        D = A2.T @ self.P                                          # (dp, k)
-        # one GEMM over the flattened outer products: einsum's contraction
-        # order here was ~10x slower and dominated the head fit.
-        PP = (self.P[:, :, None] * self.P[:, None, :]).reshape(self.n, -1)
-        blocks = -(A2.T @ PP).reshape(-1, self.k, self.k)
-        idx = torch.arange(self.k, device=self.A.device)
-        blocks[:, idx, idx] += D + self.pen[:, None]
-        return blocks
-
-    def matvec(self, V):
-        U = self.A @ V.T
-        PU = self.P * U
-        Z = PU - self.P * PU.sum(1, keepdim=True)
-        return Z.T @ self.A / self.n + self.pen * V
-
-    def dense(self, chunk_elems=2**24):
-        k, dp, n = self.k, self.dp, self.n
-        H = torch.zeros(k * dp, k * dp, dtype=self.A.dtype, device=self.A.device)
-        rows = max(1, chunk_elems // (k * dp))
-        for c in range(k):
-            # B[i, c'] = p_ic δ_cc' − p_ic p_ic' for c' >= c (mirror the rest).
-            block = torch.zeros(dp, (k - c) * dp, dtype=H.dtype, device=H.device)
-            for s in range(0, n, rows):
-                A = self.A[s:s + rows]
-                P = self.P[s:s + rows]
-                B = -P[:, c:c + 1] * P[:, c:]
-                B[:, 0] += P[:, c]
-                block += A.T @ (B[:, :, None] * A[:, None, :]).reshape(len(A), -1)
-            block /= n
-            H[c * dp:(c + 1) * dp, c * dp:] = block
-        iu = torch.triu_indices(k, k, 1)
-        for c, c2 in zip(iu[0].tolist(), iu[1].tolist()):
-            H[c2 * dp:(c2 + 1) * dp, c * dp:(c + 1) * dp] = (
-                H[c * dp:(c + 1) * dp, c2 * dp:(c2 + 1) * dp].T)
-        idx = torch.arange(k * dp, device=H.device)
-        H[idx, idx] += self.pen.repeat(k)
-        return H
-
-
-def _null_projector_dense(k, dp, dtype, device):
-    # P_null = (1 1ᵀ / k) ⊗ I_dp in the row-major (class, feature) layout.
-    return torch.kron(torch.full((k, k), 1.0 / k, dtype=dtype, device=device),
-                      torch.eye(dp, dtype=dtype, device=device))
 
 
 def choose_solver(n, k, dp, device="cpu", need_factor=False):
@@ -387,9 +561,14 @@ def choose_solver(n, k, dp, device="cpu", need_factor=False):
 
     Parameters
     ----------
-    n, k, dp : int
-        Training samples, classes, features + 1.
+    n : int
+        Training samples.
+    k : int
+        Classes.
+    dp : int
+        Features + 1.
     device : str, default="cpu"
+        Where the algebra runs (GPUs favour the dense build).
     need_factor : bool, default=False
         Whether the caller wants the factor (self-influence).
 
@@ -415,10 +594,9 @@ class _HeadSolve:
     def __init__(self, hess, *, damping="auto", solver="auto", tol=1e-10,
                  max_iter=None, need_factor=False, verbose=0, damping_columns=None):
         self.hess = hess
-        self.mean_diag = float(hess.diag().mean())
         k, dp = hess.k, hess.dp
         if solver == "auto":
-            solver = choose_solver(hess.n, k, dp, hess.A.device, need_factor)
+            solver = choose_solver(hess.n, k, dp, hess.device, need_factor)
         if solver not in ("cholesky", "cg"):
             raise ValueError(f"solver must be 'auto', 'cholesky' or 'cg', got {solver!r}.")
         if solver == "cholesky" and k * dp > 4 * DENSE_MAX_DIM:
@@ -429,40 +607,47 @@ class _HeadSolve:
         self.tol = tol
         self.max_iter = max_iter
         self.verbose = verbose
-        ones = torch.ones(dp, dtype=hess.A.dtype, device=hess.A.device)
         # "auto" damps the (well-scaled) whitened coordinates; an explicit
         # value means lam * I on the original parameters (damping_columns).
-        self.cols = ones
-        if damping == "auto":
-            self.ladder = [r * self.mean_diag for r in _AUTO_DAMPING_LADDER]
-        else:
+        self.cols = torch.ones(dp, dtype=torch.float64, device=hess.device)
+        self.auto = damping == "auto"
+        if not self.auto:
             if damping_columns is not None:
                 self.cols = damping_columns
             damping = float(damping)
             if not np.isfinite(damping) or damping < 0:
                 raise ValueError(f"damping must be 'auto' or a float >= 0, got {damping}.")
-            self.ladder = [damping]
+            self.fixed = damping
         self.L = None
         self.damping = None
+        self.n_iter = 0
         if solver == "cholesky":
             self._factor()
+        else:
+            self.blocks = hess.column_blocks()
+            self.mean_diag = float(self.blocks.diagonal(dim1=1, dim2=2).mean())
+        self.ladder = ([r * self.mean_diag for r in _AUTO_DAMPING_LADDER]
+                       if self.auto else [self.fixed])
 
     def _factor(self):
         hess = self.hess
         Hd = hess.dense()
-        Hd += self.mean_diag * _null_projector_dense(
-            hess.k, hess.dp, Hd.dtype, Hd.device)
-        idx = torch.arange(Hd.shape[0], device=Hd.device)
-        for lam in self.ladder:
-            Hl = Hd.clone()
-            Hl[idx, idx] += lam * self.cols.repeat(hess.k)
+        self.mean_diag = float(Hd.diagonal().mean())
+        _add_null_projector(Hd, hess.k, hess.dp, self.mean_diag)
+        ladder = ([r * self.mean_diag for r in _AUTO_DAMPING_LADDER]
+                  if self.auto else [self.fixed])
+        diag = self.cols.repeat(hess.k)
+        for i, lam in enumerate(ladder):
+            last = i == len(ladder) - 1
+            Hl = Hd if last else Hd.clone()
+            Hl.diagonal().add_(lam * diag)
             L, info = torch.linalg.cholesky_ex(Hl)
             if int(info) == 0:
                 self.L, self.damping = L, lam
                 return
         raise np.linalg.LinAlgError(
             "The head Hessian is not positive definite even with damping "
-            f"{self.ladder[-1]:.3g} (mean diagonal {self.mean_diag:.3g}); "
+            f"{ladder[-1]:.3g} (mean diagonal {self.mean_diag:.3g}); "
             "increase alpha or pass a larger damping.")
 
     def _op(self, lam):
@@ -480,20 +665,15 @@ class _HeadSolve:
             S = torch.cholesky_solve(G.reshape(-1, 1), self.L).view_as(G)
             self.n_iter = 0
             return S
-        blocks = self.hess.column_blocks()
-        blocks += (self.mean_diag / self.hess.k)  # the null-space term, per column
+        blocks = self.blocks + self.mean_diag / self.hess.k  # the null-space term
         eye = torch.eye(self.hess.k, dtype=blocks.dtype, device=blocks.device)
         last = None
         for lam in self.ladder:
-            op = self._op(lam)
-            inv = torch.linalg.inv(blocks + lam * self.cols[:, None, None] * eye)
-
-            def precond(R, inv=inv):
-                return torch.einsum("jcd,dj->cj", inv, R)
-
             S, info = conjugate_gradient(
-                op, G, tol=self.tol, max_iter=self.max_iter or 10 * G.numel(),
-                preconditioner=precond, verbose=self.verbose, raise_on_failure=False,
+                self._op(lam), G, tol=self.tol, max_iter=self.max_iter or 10 * G.numel(),
+                preconditioner=_block_preconditioner(
+                    blocks + lam * self.cols[:, None, None] * eye),
+                verbose=self.verbose, raise_on_failure=False,
             )
             last = info
             if info["converged"]:
@@ -513,54 +693,155 @@ class _HeadSolve:
         R = self.hess.matvec(S) + self.damping * self.cols * S - G
         return float(torch.linalg.norm(R) / max(float(torch.linalg.norm(G)), 1e-300))
 
-    def quad_form_samples(self, A, R, chunk=256):
-        """``r_iᵀ-a_i`` quadratic forms ``vec(r_i a_iᵀ)ᵀ (H+λ)⁻¹ vec(r_i a_iᵀ)``."""
-        out = torch.empty(A.shape[0], dtype=A.dtype, device=A.device)
-        for s in range(0, A.shape[0], chunk):
-            Gi = R[s:s + chunk, :, None] * A[s:s + chunk, None, :]   # (m, k, dp)
-            Gi = _project_null(Gi.transpose(0, 1)).transpose(0, 1)
-            Zi = torch.linalg.solve_triangular(
-                self.L, Gi.reshape(len(Gi), -1).T, upper=False)
-            out[s:s + chunk] = (Zi**2).sum(0)
+    def quad_forms(self, design, R, chunk=256):
+        """``vec(r_i a_iᵀ)ᵀ (H+λ)⁻¹ vec(r_i a_iᵀ)`` for the rows of ``design``."""
+        out = torch.empty(design.n, dtype=torch.float64, device=R.device)
+        for sl, X in design:
+            A_all = design.rows(X)
+            R_all = R[sl]
+            for s in range(0, len(A_all), chunk):
+                A, Rc = A_all[s:s + chunk], R_all[s:s + chunk]
+                Gi = _project_null((Rc[:, :, None] * A[:, None, :]).transpose(0, 1))
+                Zi = torch.linalg.solve_triangular(
+                    self.L, Gi.transpose(0, 1).reshape(len(A), -1).T, upper=False)
+                out[sl.start + s:sl.start + s + len(A)] = (Zi**2).sum(0)
         return out
 
 
-def _val_gradient(A_val, R_val, val_weights):
-    m = A_val.shape[0]
+def _val_gradient(design, R_val, val_weights):
+    m = design.n
     if val_weights is None:
-        w = torch.full((m,), 1.0 / m, dtype=A_val.dtype, device=A_val.device)
+        w = torch.full((m,), 1.0 / m, dtype=torch.float64, device=R_val.device)
     else:
-        w = torch.as_tensor(np.asarray(val_weights, dtype=np.float64),
-                            device=A_val.device)
+        w = torch.as_tensor(np.asarray(val_weights, dtype=np.float64), device=R_val.device)
         if w.shape != (m,):
             raise ValueError(f"val_weights must have shape ({m},), got {tuple(w.shape)}.")
         if not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
             raise ValueError("val_weights must be finite, >= 0 and not all zero.")
         w = w / w.sum()
-    return (R_val * w[:, None]).T @ A_val
+    return design.gram(R_val * w[:, None])
+
+
+@dataclass
+class _HeadScores:
+    """What :func:`_score_head` computed: the scores and what cross-fitting reuses."""
+
+    scores: np.ndarray
+    W: torch.Tensor
+    b: torch.Tensor
+    P: torch.Tensor           # (n, k) training probabilities
+    P_val: torch.Tensor       # (m, k) validation probabilities
+    R_val: torch.Tensor       # (m, k) validation residuals
+    val_weights: np.ndarray   # as given (None: uniform)
+    coords: _Coords
+    design_val: _Design
+    solve: object             # _HeadSolve or None (identity Hessian)
+    damping: float
+    solver: str
+    residual: float
+    n_iter: int
+    seconds: dict = field(default_factory=dict)
+
+
+def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping="auto",
+                hessian="exact", solver="auto", val_weights=None, tol=1e-10,
+                need_factor=False, fit_tol=1e-10, max_iter=1000, verbose=0):
+    """The head influence computation shared by every caller.
+
+    ``tr`` and ``va`` are validated :class:`FeatureChunks`, ``y_tr``/``y_va``
+    int64 label arrays. The head is fitted on ``tr`` when ``W`` is None
+    (sharing the whitening with the solve). ``val_weights`` may be a
+    callable ``proba_val -> weights`` (cross-fitting trims on the fold's own
+    probabilities). Returns a :class:`_HeadScores`.
+    """
+    seconds = {}
+    k = int(n_classes)
+    n = tr.n
+    dev = tr.device
+    with limit_threads():
+        t0 = time.perf_counter()
+        coords = _Coords.raw(tr) if hessian == "identity" and W is not None \
+            else _Coords.whitening(tr)
+        A = _Design(tr, coords, cache=True)
+        if W is None:
+            W, b = _fit_in(A, y_tr, k, alpha, tol=fit_tol, max_iter=max_iter, init=None)
+            seconds["fit"] = time.perf_counter() - t0
+            if hessian == "identity":
+                # Gradient similarity depends on the parametrisation: use the original.
+                del A
+                coords = _Coords.raw(tr)
+                A = _Design(tr, coords, cache=True)
+        t1 = time.perf_counter()
+        # Probabilities from the head as given, in the original coordinates.
+        P = _proba(tr, W, b)
+        P_val = _proba(va, W, b)
+        if callable(val_weights):
+            val_weights = val_weights(P_val)
+        Av = _Design(va, coords)
+        yt = torch.as_tensor(y_tr, device=dev)
+        R_val = _residuals(P_val, torch.as_tensor(y_va, device=dev))
+        G = _project_null(_val_gradient(Av, R_val, val_weights))
+        seconds["gradients"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        hs = None
+        if hessian == "identity":
+            S, lam, used, resid, n_iter = G, 0.0, "none", 0.0, 0
+        else:
+            hs = _HeadSolve(_HeadHessian(A, P, coords.columns(alpha, 0.0)),
+                            damping=damping, solver=solver, tol=tol, verbose=verbose,
+                            need_factor=need_factor,
+                            damping_columns=coords.columns(1.0, 1.0))
+            S = hs.solve(G)
+            lam, used, n_iter = hs.damping, hs.solver, hs.n_iter
+            resid = hs.residual(S, G)
+        seconds["solve"] = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        Sq, sb = A.split(S)
+        scores = torch.empty(n, dtype=torch.float64, device=dev)
+        for sl, X in A:
+            R = _residuals(P[sl], yt[sl])
+            scores[sl] = ((X @ Sq.T + sb) * R).sum(1) / n
+        scores = scores.cpu().numpy()
+        seconds["scores"] = time.perf_counter() - t3
+    if not np.isfinite(scores).all():
+        raise FloatingPointError(
+            "head influence produced non-finite scores; check the features "
+            "and increase alpha or damping.")
+    return _HeadScores(
+        scores=scores, W=_as_f64(W, dev), b=_as_f64(b, dev), P=P, P_val=P_val,
+        R_val=R_val, val_weights=val_weights, coords=coords, design_val=Av, solve=hs,
+        damping=float(lam), solver=used, residual=float(resid), n_iter=int(n_iter),
+        seconds=seconds)
 
 
 def head_influence(F_train, y_train, F_val, y_val, *, n_classes, alpha,
                    damping="auto", val_weights=None, hessian="exact",
                    solver="auto", W=None, b=None, tol=1e-10, device="cpu",
-                   verbose=0):
+                   verbose=0, head=None, chunk_size="auto"):
     """Closed-form influence of each training sample on the validation loss.
 
     ``scores[i] = (1/n) g_valᵀ (H + damping I)⁻¹ ∇L_i``: the predicted
     increase of the (weighted) mean validation loss when training sample
-    ``i`` is removed (DESIGN.md §1 sign; positive = helpful). ``H`` is the
-    exact Hessian of the head objective at the fitted ``(W, b)``; nothing of
-    size ``n × k(d+1)`` is ever built.
+    ``i`` is removed (positive = the sample helps, negative = removing it
+    lowers the validation loss). ``H`` is the exact Hessian of the head
+    objective at the fitted ``(W, b)``; nothing of size ``n × k(d+1)`` is
+    ever built, and features read from a ``numpy.memmap`` (or any array-like
+    with row slicing) are processed chunk by chunk: nothing of size ``n × d``
+    is held in float64.
 
     Parameters
     ----------
     F_train : array-like of shape (n, d)
-        Training features.
+        Training features (ndarray, ``numpy.memmap``, torch tensor, or any
+        array-like with ``shape`` and row slicing).
     y_train : array-like of int of shape (n,)
+        Training labels in ``0..n_classes-1``.
     F_val : array-like of shape (m, d)
-        Validation features.
+        Validation features (same kinds as ``F_train``).
     y_val : array-like of int of shape (m,)
+        Validation labels in ``0..n_classes-1``.
     n_classes : int
+        Number of classes ``k``.
     alpha : float
         L2 strength of the head objective (bias not penalised).
     damping : "auto" or float, default="auto"
@@ -576,12 +857,25 @@ def head_influence(F_train, y_train, F_val, y_val, *, n_classes, alpha,
         ``"identity"`` gives gradient similarity ``(1/n) g_valᵀ ∇L_i``.
     solver : {"auto", "cholesky", "cg"}, default="auto"
         See :func:`choose_solver`.
-    W, b : ndarray, optional
-        A fitted head; fitted with :func:`fit_head` when omitted.
+    W : ndarray of shape (n_classes, d), optional
+        Weights of a fitted head; with ``b``. Fitted exactly on the training
+        features (:func:`fit_head`) when omitted.
+    b : ndarray of shape (n_classes,), optional
+        Bias of the fitted head; with ``W``.
     tol : float, default=1e-10
         Relative residual tolerance of CG.
     device : str, default="cpu"
+        Torch device for the algebra (chunks move there one at a time).
     verbose : int, default=0
+        Show CG progress when > 0.
+    head : str, optional
+        Dotted name of the analysed layer in its network, used only to name
+        the parameters in the result (``params``): ``[head + ".weight",
+        head + ".bias"]``, or ``["weight", "bias"]`` when omitted.
+    chunk_size : int or "auto", default="auto"
+        Rows per chunk; ``"auto"`` keeps a moderate in-memory array whole
+        (whitened once) and reads anything else in chunks of about 16 MiB of
+        float64. Results do not depend on it beyond rounding.
 
     Returns
     -------
@@ -589,62 +883,25 @@ def head_influence(F_train, y_train, F_val, y_val, *, n_classes, alpha,
         ``residual`` is measured in the whitened coordinates the solve runs in.
     """
     t0 = time.perf_counter()
-    seconds = {}
-    F_train = _check_features(F_train, "F_train")
-    F_val = _check_features(F_val, "F_val")
-    if F_train.shape[1] != F_val.shape[1]:
-        raise ValueError(f"F_train has {F_train.shape[1]} features, F_val {F_val.shape[1]}.")
-    y_train = _check_labels(y_train, n_classes, "y_train")
-    y_val = _check_labels(y_val, n_classes, "y_val")
-    if len(y_train) != len(F_train) or len(y_val) != len(F_val):
-        raise ValueError("features and labels have inconsistent lengths.")
     if hessian not in ("exact", "identity"):
         raise ValueError(f"hessian must be 'exact' or 'identity' for the head, got {hessian!r}.")
     if (W is None) != (b is None):
         raise ValueError("pass both W and b, or neither.")
-    if W is None:
-        W, b = fit_head(F_train, y_train, n_classes, alpha=alpha, device=device)
-        seconds["fit"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    k = int(n_classes)
-    n = F_train.shape[0]
-    theta = torch.cat([_as_f64(W, device), _as_f64(b, device)[:, None]], 1)
-    # Probabilities from the head as given; gradients and Hessian in the
-    # whitened coordinates of the training features (see _Whitening).
-    P = _softmax64(_augment(F_train, device) @ theta.T)
-    Pv = _softmax64(_augment(F_val, device) @ theta.T)
-    if hessian == "identity":
-        # Gradient similarity depends on the parametrisation: use the original.
-        A, Av = _augment(F_train, device), _augment(F_val, device)
-    else:
-        wh = _Whitening(F_train, device)
-        A, Av = wh.augment(F_train), wh.augment(F_val)
-    R = P - _onehot(y_train, k, device)
-    Rv = Pv - _onehot(y_val, k, device)
-    G = _project_null(_val_gradient(Av, Rv, val_weights))
-    seconds["gradients"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    if hessian == "identity":
-        S, lam, used, resid, n_iter = G, 0.0, "none", 0.0, 0
-    else:
-        hess = _HeadHessian(A, P, alpha, pen=wh.columns(alpha, 0.0))
-        hs = _HeadSolve(hess, damping=damping, solver=solver, tol=tol, verbose=verbose,
-                        damping_columns=wh.columns(1.0, 1.0))
-        S = hs.solve(G)
-        lam, used, n_iter = hs.damping, hs.solver, hs.n_iter
-        resid = hs.residual(S, G)
-    seconds["solve"] = time.perf_counter() - t2
-    t3 = time.perf_counter()
-    scores = ((A @ S.T) * R).sum(1) / n
-    scores = scores.cpu().numpy()
-    seconds["scores"] = time.perf_counter() - t3
-    if not np.isfinite(scores).all():
-        raise FloatingPointError(
-            "head influence produced non-finite scores; check the features "
-            "and increase alpha or damping.")
-    seconds["total"] = time.perf_counter() - t0
+    tr = _check_features(F_train, "F_train", chunk_size=chunk_size, device=device)
+    va = _check_features(F_val, "F_val", chunk_size=chunk_size, device=device)
+    if tr.d != va.d:
+        raise ValueError(f"F_train has {tr.d} features, F_val {va.d}.")
+    y_train = _check_labels(y_train, n_classes, "y_train")
+    y_val = _check_labels(y_val, n_classes, "y_val")
+    if len(y_train) != tr.n or len(y_val) != va.n:
+        raise ValueError("features and labels have inconsistent lengths.")
+    res = _score_head(tr, y_train, va, y_val, W, b, n_classes=n_classes, alpha=alpha,
+                      damping=damping, hessian=hessian, solver=solver,
+                      val_weights=val_weights, tol=tol, verbose=verbose)
+    seconds = {**res.seconds, "total": time.perf_counter() - t0}
+    params = ["weight", "bias"] if head is None else [f"{head}.weight", f"{head}.bias"]
     return InfluenceResult(
-        scores=scores, damping=float(lam), solver=used, hessian=hessian,
-        residual=float(resid), n_iter=int(n_iter), seconds=seconds,
-        params=["head.weight", "head.bias"], W=np.asarray(W), b=np.asarray(b),
+        scores=res.scores, damping=res.damping, solver=res.solver, hessian=hessian,
+        residual=res.residual, n_iter=res.n_iter, seconds=seconds, params=params,
+        W=res.W.cpu().numpy(), b=res.b.cpu().numpy(),
     )

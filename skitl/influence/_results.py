@@ -14,7 +14,7 @@ class InfluenceResult:
     scores : ndarray of shape (n_train,)
         ``scores[i] = (1/n) g_valᵀ H⁻¹ ∇L_i``: the predicted increase of the
         mean validation loss if training sample ``i`` is removed (positive =
-        helpful, negative = harmful; DESIGN.md §1).
+        helpful, negative = harmful).
     damping : float
         Damping actually added to the Hessian.
     solver : str
@@ -59,18 +59,22 @@ class CrossFitResult:
     ----------
     scores : ndarray of shape (n,)
         Mean over the folds in which the sample was trained on of its
-        influence on that fold's (weighted) validation loss (DESIGN.md sign:
-        positive = helpful).
+        influence on that fold's (weighted) validation loss: the predicted
+        increase of that loss if the sample is removed (positive = helpful).
     oof_proba : ndarray of shape (n, k)
-        Probabilities from the head fitted without the sample's fold.
+        Probabilities from the head fitted without the sample's fold. With a
+        ``target`` mask, non-target samples are never held out: theirs is
+        the mean over folds of the probabilities of the fold heads, which
+        were trained on them (in-sample).
     oof_loss : ndarray of shape (n,)
-        Out-of-fold cross-entropy.
+        Cross-entropy under ``oof_proba`` (in-sample for non-target samples).
     oof_self_influence : ndarray of shape (n,)
         ``(1/n_fold) ∇L_iᵀ H⁻¹ ∇L_i`` with the head fitted without the
         sample's fold (``H`` of that head, damping included). Where only CG
         was available (``k (d+1)`` too large for a dense factor) it is the
         gradient norm ``(1/n_fold) ‖∇L_i‖²`` instead; see
-        ``self_influence_hessian``.
+        ``self_influence_hessian``. NaN for non-target samples (never held
+        out) when a ``target`` mask was given.
     self_influence_hessian : str
         ``"exact"`` or ``"identity"`` (the fallback above).
     folds : list of (train_idx, val_idx)
@@ -83,6 +87,8 @@ class CrossFitResult:
     solver : str
     seconds : dict
         Wall time by phase, summed over folds.
+    target : ndarray of bool of shape (n,) or None
+        The target mask the folds ran over (None: all samples).
     """
 
     scores: np.ndarray
@@ -96,3 +102,4 @@ class CrossFitResult:
     residual: list
     solver: str
     seconds: dict = field(default_factory=dict)
+    target: np.ndarray = None

@@ -1,0 +1,183 @@
+"""Row chunks of a feature matrix that may live on disk.
+
+The head algebra reads its features only through :class:`FeatureChunks`:
+every pass over the data (statistics, probabilities, gradients,
+Hessian-vector products, scores) is a sum over chunks of rows, each chunk
+upcast to float64 on its own and moved to the compute device one at a time.
+An in-memory array small enough is one chunk, which the callers may keep
+(cache) between passes; a ``numpy.memmap`` or any other array-like (an
+``h5py``/``zarr`` dataset, a torch tensor) is read chunk by chunk, so nothing
+of size ``n × d`` is ever held in float64.
+"""
+
+import mmap
+import numbers
+
+import numpy as np
+import torch
+
+# Rows per chunk for chunked sources: about 2 M float64 values (16 MiB).
+_CHUNK_ELEMS = 2**21
+# An in-memory array whose float64 copy stays below this many values
+# (1 GiB) is one chunk; larger ones are chunked like a memmap.
+_ONE_CHUNK_ELEMS = 2**27
+
+
+def _is_array_like(F):
+    return hasattr(F, "shape") and hasattr(F, "__getitem__") and hasattr(F, "__len__")
+
+
+def _page_releaser(F):
+    """Return ``release(first_row, stop_row)`` for a shared file mapping, else None.
+
+    Pages of a ``numpy.memmap`` that were read stay mapped, and count in the
+    process's resident memory, until the kernel needs them back: a pass over
+    a 2 GB feature file would "use" 2 GB. ``MADV_DONTNEED`` unmaps the pages
+    of rows already processed; the data stays in the page cache (and in the
+    file), so a later read costs a minor fault, not a disk read. Only shared
+    mappings qualify: on a copy-on-write (``mode="c"``) memmap it would drop
+    the caller's unsaved edits.
+    """
+    if not isinstance(F, np.memmap) or getattr(F, "mode", None) == "c":
+        return None
+    mm = getattr(F, "_mmap", None)
+    if not isinstance(mm, mmap.mmap) or not hasattr(mm, "madvise") or F.ndim != 2:
+        return None
+    if F.strides[1] != F.itemsize or F.strides[0] <= 0:
+        return None
+    try:
+        base = np.frombuffer(mm, dtype=np.uint8).__array_interface__["data"][0]
+    except (TypeError, ValueError):  # closed or otherwise unusable mapping
+        return None
+    start = F.__array_interface__["data"][0] - base
+    row = F.strides[0]
+    page = mmap.PAGESIZE
+    size = len(mm)
+
+    def release(first, stop):
+        lo = (start + first * row) // page * page
+        hi = min(size, -(-(start + stop * row) // page) * page)
+        if hi > lo:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass  # only a memory optimisation
+
+    return release
+
+
+class FeatureChunks:
+    """Rows of a 2-D feature array, read in chunks and upcast to float64.
+
+    Parameters
+    ----------
+    F : array-like of shape (n_samples, n_features)
+        An ndarray, a ``numpy.memmap``, a torch tensor or any object with
+        ``shape``, ``len`` and row slicing (``F[i:j]``, and ``F[indices]`` with
+        sorted indices when ``rows`` is given). Never modified.
+    rows : ndarray of int, optional
+        Sorted indices of the rows to use (a cross-fitting fold); all rows
+        when omitted.
+    chunk_size : int or "auto", default="auto"
+        Rows per chunk. ``"auto"``: an in-memory ndarray (or CPU tensor)
+        whose float64 copy takes at most 1 GiB is one chunk; anything else is
+        read in chunks of about 16 MiB of float64.
+    device : str or torch.device, default="cpu"
+        Device the chunks are moved to (one at a time).
+
+    Attributes
+    ----------
+    n : int
+        Number of rows used.
+    d : int
+        Number of features.
+    single : bool
+        Whether all rows form one in-memory chunk (callers may cache it).
+    """
+
+    def __init__(self, F, rows=None, *, chunk_size="auto", device="cpu"):
+        self.F = F
+        self._chunk_arg = chunk_size
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.device = torch.device(device)
+        n_all, d = int(F.shape[0]), int(F.shape[1])
+        self.n = n_all if self.rows is None else len(self.rows)
+        self.d = d
+        in_memory = (isinstance(F, np.ndarray) and not isinstance(F, np.memmap)) or (
+            isinstance(F, torch.Tensor) and F.device.type == "cpu")
+        if isinstance(chunk_size, str):
+            if chunk_size != "auto":
+                raise ValueError(f"chunk_size must be 'auto' or an int >= 1, got {chunk_size!r}.")
+            if in_memory and self.n * max(d, 1) <= _ONE_CHUNK_ELEMS:
+                self.chunk_size = max(self.n, 1)
+            else:
+                self.chunk_size = max(1, _CHUNK_ELEMS // max(d, 1))
+        elif isinstance(chunk_size, numbers.Integral) and not isinstance(chunk_size, bool) \
+                and chunk_size >= 1:
+            self.chunk_size = int(chunk_size)
+        else:
+            raise ValueError(f"chunk_size must be 'auto' or an int >= 1, got {chunk_size!r}.")
+        self.single = in_memory and self.chunk_size >= self.n
+        self._release = _page_releaser(F)
+
+    def subset(self, rows):
+        """The same source restricted to ``rows`` (sorted positions in this object's rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        absolute = rows if self.rows is None else self.rows[rows]
+        return FeatureChunks(self.F, absolute, chunk_size=self._chunk_arg,
+                             device=self.device)
+
+    def _read(self, s, e):
+        F = self.F
+        if self.rows is None:
+            raw, lo, hi = F[s:e], s, e
+        else:
+            idx = self.rows[s:e]
+            raw, lo, hi = F[idx], int(idx[0]), int(idx[-1]) + 1
+        if isinstance(raw, torch.Tensor):
+            t = raw.to(self.device)
+        else:
+            raw = np.asarray(raw)
+            if raw.dtype.kind not in "fiub":
+                raise TypeError(f"features must be numeric, got dtype {raw.dtype}.")
+            if not raw.flags.writeable or not raw.flags.c_contiguous:
+                # A read-only view of a file mapping: copy the chunk (torch
+                # refuses to wrap read-only memory, and the pages are released
+                # below).
+                raw = np.array(raw)
+            t = torch.from_numpy(raw).to(self.device)
+        t = t.to(torch.float64)
+        if self._release is not None:
+            self._release(lo, hi)
+        return t
+
+    def __iter__(self):
+        """Yield ``(positions, chunk)``: a slice of row positions and a float64 tensor."""
+        for s in range(0, self.n, self.chunk_size):
+            e = min(s + self.chunk_size, self.n)
+            yield slice(s, e), self._read(s, e)
+
+    def count_nonfinite(self):
+        """Number of NaN or infinite entries, counted chunk by chunk."""
+        bad = 0
+        for _, X in self:
+            bad += int((~torch.isfinite(X)).sum())
+        return bad
+
+
+def as_feature_source(F, name):
+    """Check that ``F`` is a 2-D non-empty array-like without converting a memmap.
+
+    Returns the array-like itself when it can be read by rows (ndarray,
+    memmap, tensor, h5py/zarr-like), else ``numpy.asarray(F)``.
+    """
+    if isinstance(F, FeatureChunks):
+        return F
+    if not (isinstance(F, (np.ndarray, torch.Tensor)) or _is_array_like(F)):
+        F = np.asarray(F)
+    shape = tuple(F.shape)
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {shape}.")
+    if shape[0] == 0:
+        raise ValueError(f"{name} is empty.")
+    return F
