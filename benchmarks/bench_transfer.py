@@ -247,7 +247,7 @@ class Task:
             module, weights, strategy="finetune", optimizer=cfg["optimizer"],
             lr=cfg["lr"], backbone_lr_scale=cfg["backbone_lr_scale"],
             weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"],
-            transform=self.transform(), device=self.args.device, random_state=seed,
+            train_transform=self.transform(), device=self.args.device, random_state=seed,
         )
 
     def transform(self):

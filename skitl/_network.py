@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from .utils import seeded
+
 # Attribute names torchvision's families use for their classifier, most
 # specific first. The head itself is the last nn.Linear inside that attribute.
 _HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head", "linear", "last_linear")
@@ -168,13 +170,32 @@ def _read_weights(weights):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise ValueError(
-                f"Could not load weights from {path!r} with weights_only=True: it "
-                "holds more than tensors (a pickled model?). Save "
-                "model.state_dict() instead."
-            ) from exc
+            if "unsupported global" in str(exc).lower():
+                raise ValueError(
+                    f"Could not load weights from {path!r} with weights_only=True: "
+                    "it holds more than tensors (a pickled model?). Save "
+                    "model.state_dict() instead."
+                ) from exc
+            raise ValueError(_unreadable(path, exc)) from exc
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            # torch reports a truncated zip as "PytorchStreamReader failed
+            # reading zip archive", which names neither the file nor the cause.
+            raise ValueError(_unreadable(path, exc)) from exc
         return state, repr(path)
     return weights, "the given state dict"
+
+
+def _unreadable(path, exc):
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    # torch's own first line about unpickling advises weights_only=False,
+    # which is the wrong advice for a damaged file: leave it out.
+    detail = "" if isinstance(exc, pickle.UnpicklingError) else (
+        str(exc).splitlines()[0] if str(exc) else "")
+    return (
+        f"Could not read the weights file {path!r} ({size} bytes): it is truncated, "
+        f"corrupt or not written by torch.save ({type(exc).__name__}"
+        f"{': ' + detail if detail else ''})."
+    )
 
 
 def load_weights(net, weights, *, head=None, strict=True):
@@ -342,14 +363,6 @@ def build_network(module, weights=None, *, head=None, strict=True):
 # ---------------------------------------------------------------------------
 
 
-def _seed_from(random_state):
-    # Imported lazily: skitl.utils imports nothing from here, this keeps the
-    # plumbing module importable on its own.
-    from .utils import torch_seed
-
-    return torch_seed(random_state)
-
-
 def _set_submodule(net, name, new):
     parent_name, _, child = name.rpartition(".")
     parent = net.get_submodule(parent_name) if parent_name else net
@@ -380,8 +393,7 @@ def replace_head(net, head_name, n_classes, *, random_state=None):
     if int(n_classes) < 1:
         raise ValueError(f"n_classes must be >= 1, got {n_classes}.")
     has_bias = old.bias is not None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed_from(random_state))
+    with seeded(random_state):
         if _is_uninitialized(old.weight):
             new = nn.LazyLinear(int(n_classes), bias=has_bias)
         else:
@@ -500,8 +512,7 @@ def reinit_parameters(net, patterns, *, random_state=None):
     }
     fully_reset = set()
     fallback = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed_from(random_state))
+    with seeded(random_state):
         done = set()
         for mod_name, mod in net.named_modules():
             own = [

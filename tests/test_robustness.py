@@ -152,32 +152,32 @@ _INF = _X.copy()
 _INF[5, 0] = -np.inf
 
 CLASSIFIER_FIT_CASES = {
-    "nan_in_X": (_NAN, _Y, ValueError, r"X contains 1 NaN"),
-    "inf_in_X": (_INF, _Y, ValueError, r"1 infinite values"),
+    "nan_in_X": (_NAN, _Y, ValueError, r"Input X contains NaN"),
+    "inf_in_X": (_INF, _Y, ValueError, r"Input X contains infinity"),
     "X_1d": (_X[:, 0], _Y, ValueError, r"Expected 2D array, got 1D"),
-    "X_0d": (np.float32(1.0), _Y, ValueError, r"at least 2 dimensions"),
+    "X_0d": (np.float32(1.0), _Y, ValueError, r"Expected 2D array, got scalar"),
     "lengths_differ": (_X, _Y[:-1], ValueError, r"inconsistent lengths: 60 .* 59"),
     "one_class": (_X, np.zeros(60, int), ValueError, r"1 class"),
-    "empty_X": (_X[:0], _Y[:0], ValueError, r"0 samples"),
+    "empty_X": (_X[:0], _Y[:0], ValueError, r"0 sample\(s\)"),
     "no_features": (_X[:, :0], _Y, ValueError, r"0 feature"),
     "object_strings": (
         np.full((60, 4), "a", dtype=object),
         _Y,
         ValueError,
-        r"object array with non-numeric values",
+        r"could not convert string to float",
     ),
     "object_dicts": (
         np.array([[{"a": 1}] * 4] * 60, dtype=object),
         _Y,
         TypeError,
-        r"object array with non-numeric values",
+        r"must be a string or a real number, not 'dict'",
     ),
-    "unicode_dtype": (_X.astype(str), _Y, TypeError, r"dtype <U"),
+    "unicode_dtype": (_X.astype(str), _Y, ValueError, r"not compatible with arrays of bytes/strings"),
     "complex": (_X.astype(complex), _Y, ValueError, r"Complex data"),
-    "sparse": (sp.csr_matrix(_X), _Y, TypeError, r"Sparse input"),
-    "nan_label": (_X, np.r_[np.nan, _Y[1:]], ValueError, r"NaN or infinite labels"),
+    "sparse": (sp.csr_matrix(_X), _Y, TypeError, r"Sparse data was passed for X"),
+    "nan_label": (_X, np.r_[np.nan, _Y[1:]], ValueError, r"Input y contains NaN"),
     "continuous_y": (_X, np.linspace(0, 1, 60), ValueError, r"continuous"),
-    "y_2d": (_X, np.c_[_Y, _Y], ValueError, r"1-D"),
+    "y_2d": (_X, np.c_[_Y, _Y], ValueError, r"y should be a 1d array"),
     "y_none": (_X, None, ValueError, r"requires y"),
     "y_empty": (_X, _Y[:0], ValueError, r"y is empty"),
 }
@@ -208,10 +208,10 @@ def _predict_cases():
     return {
         "other_n_features": (X[:, :3], ValueError, r"3 features.*expecting 4"),
         "other_ndim": (X[:, :, None], ValueError, r"3 dimensions.*2-D input"),
-        "nan": (nan, ValueError, r"1 NaN"),
-        "empty": (X[:0], ValueError, r"0 samples"),
+        "nan": (nan, ValueError, r"Input X contains NaN"),
+        "empty": (X[:0], ValueError, r"0 sample\(s\)"),
         "1d": (X[0], ValueError, r"Expected 2D array"),
-        "strings": (X.astype(str), TypeError, r"dtype <U"),
+        "strings": (X.astype(str), ValueError, r"not compatible with arrays of bytes/strings"),
     }
 
 
@@ -234,24 +234,40 @@ def test_classifier_unfitted_predict():
 def test_classifier_image_channels_mismatch(digit_images):
     X, y = digit_images
     clf = _clf(TinyCNN, max_epochs=1).fit(X[:60], y[:60])
-    with pytest.raises(ValueError, match=r"3 channels.*fitted on 1"):
+    with pytest.raises(ValueError, match=r"X has 3 features, but TransferClassifier is "
+                       r"expecting 1 features"):
         clf.predict(np.repeat(X[:5], 3, axis=1))
+    # another spatial size reaches the network: the error names both shapes
+    with pytest.raises(ValueError, match=r"per-sample shape \(1, 16, 16\).*fitted on "
+                       r"per-sample shape \(1, 8, 8\)"):
+        clf.predict(np.repeat(np.repeat(X[:5], 2, axis=2), 2, axis=3))
     with pytest.raises(ValueError, match=r"2 dimensions.*fitted on 4-D"):
         clf.predict(X[:5].reshape(5, -1))
 
 
-def test_classifier_unseen_labels_predict_works_score_errors(fitted_mlp, blobs):
-    """Labels never seen in fit: predict answers with known classes only;
-    score refuses rather than silently counting them as errors."""
+def test_classifier_unseen_labels_count_as_errors(fitted_mlp, blobs):
+    """Labels never seen in fit: predict answers with known classes only and
+    score counts them as errors, as scikit-learn classifiers do (a rare class
+    absent from a training fold must not crash cross-validation)."""
     X, y = blobs
     pred = fitted_mlp.predict(X)
     assert set(pred) <= set(fitted_mlp.classes_)
-    assert fitted_mlp.score(X, y) > 0.8  # known labels still score
+    full = fitted_mlp.score(X, y)
+    assert full > 0.8  # known labels still score
     y_new = np.where(y == 2, 7, y)
-    with pytest.raises(ValueError, match=r"labels not seen in fit: \[7\]"):
-        fitted_mlp.score(X, y_new)
-    with pytest.raises(ValueError, match=r"not seen in fit: \['a'\]"):
-        fitted_mlp.score(X, np.array(["a"] * len(y), dtype=object))
+    expected = np.mean(pred == y_new)
+    assert fitted_mlp.score(X, y_new) == pytest.approx(expected)
+    assert fitted_mlp.score(X, y_new) < full
+
+
+def test_cross_validation_with_a_rare_class_scores(blobs):
+    from sklearn.model_selection import KFold, cross_val_score
+
+    X, y = blobs
+    y = y.copy()
+    y[-1] = 3  # one sample of class 3: some training folds never see it
+    scores = cross_val_score(_clf(), X, y, cv=KFold(3), error_score="raise")
+    assert np.isfinite(scores).all()
 
 
 # ---------------------------------------------------------------------------
@@ -417,24 +433,24 @@ SELECTORS = {
 _ONE_PER_CLASS = np.r_[np.zeros(58, int), 1, 2]  # classes 1 and 2 have 1 sample
 
 SELECTOR_FIT_CASES = {
-    "nan_in_X": (_NAN, _Y, ValueError, r"X contains 1 NaN"),
-    "inf_in_X": (_INF, _Y, ValueError, r"1 infinite values"),
-    "X_1d": (_X[:, 0], _Y, ValueError, r"at least 2 dimensions"),
+    "nan_in_X": (_NAN, _Y, ValueError, r"Input X contains NaN"),
+    "inf_in_X": (_INF, _Y, ValueError, r"Input X contains infinity"),
+    "X_1d": (_X[:, 0], _Y, ValueError, r"Expected 2D array, got 1D"),
     "lengths_differ": (_X, _Y[:-1], ValueError, r"inconsistent lengths: 60 .* 59"),
     "one_class": (_X, np.full(60, "a"), ValueError, r"1 class \('a'\)"),
-    "empty_X": (_X[:0], _Y[:0], ValueError, r"0 samples"),
+    "empty_X": (_X[:0], _Y[:0], ValueError, r"0 sample\(s\)"),
     "object_strings": (
         np.full((60, 4), "a", dtype=object),
         _Y,
-        TypeError,
-        r"dtype object with non-numeric values \(could not convert string",
+        ValueError,
+        r"could not convert string to float",
     ),
     "complex": (_X.astype(complex), _Y, ValueError, r"Complex data not supported"),
-    "sparse": (sp.csr_matrix(_X), _Y, TypeError, r"Sparse input is not supported"),
+    "sparse": (sp.csr_matrix(_X), _Y, TypeError, r"Sparse data was passed for X"),
     "no_features": (_X[:, :0], _Y, ValueError, r"0 feature\(s\) \(shape=\(60, 0\)\)"),
     "y_none": (_X, None, ValueError, r"requires y to be passed"),
-    "y_2d": (_X, np.c_[_Y, _Y], ValueError, r"1-D"),
-    "nan_label": (_X, np.r_[np.nan, _Y[1:]], ValueError, r"NaN or infinite labels"),
+    "y_2d": (_X, np.c_[_Y, _Y], ValueError, r"y should be a 1d array"),
+    "nan_label": (_X, np.r_[np.nan, _Y[1:]], ValueError, r"Input y contains NaN"),
 }
 
 
@@ -475,8 +491,8 @@ def _val_cases():
     return {
         "X_val_other_shape": (dict(X_val=X[:, :3], y_val=y), r"X_val has per-sample shape \(3,\) but X has \(4,\)"),
         "X_val_3d": (dict(X_val=X[:, :, None], y_val=y), r"X_val has per-sample shape"),
-        "X_val_nan": (dict(X_val=nan, y_val=y), r"X_val contains 1 NaN"),
-        "X_val_empty": (dict(X_val=X[:0], y_val=y[:0]), r"X_val has 0 samples"),
+        "X_val_nan": (dict(X_val=nan, y_val=y), r"Input X_val contains NaN"),
+        "X_val_empty": (dict(X_val=X[:0], y_val=y[:0]), r"0 sample\(s\)"),
         "y_val_unseen": (dict(X_val=X, y_val=y + 1), r"y_val contains labels not present in y: \[3\]"),
         "y_val_length": (dict(X_val=X, y_val=y[:-2]), r"inconsistent lengths.* 58 labels in y_val"),
         "only_X_val": (dict(X_val=X), r"Pass both X_val and y_val"),
@@ -504,14 +520,20 @@ def test_selector_without_estimator_rejects_dataset(blobs):
 @pytest.mark.parametrize(
     "params, match",
     [
-        (dict(cv=1), r"cv must be an int >= 2"),
-        (dict(alpha=-1.0), r"alpha must be a real number >= 0"),
+        (dict(cv=1), r"'cv' parameter of InfluenceSampleSelector must be an int in "
+                     r"the range \[2, inf\)"),
+        (dict(alpha=-1.0), r"'alpha' parameter .* must be a float in the range \[0"),
         (dict(alpha=0.0, damping=0), r"alpha=0 with damping=0"),
-        (dict(damping=-1e-3), r"damping must be >= 0"),
-        (dict(val_trim=1.0), r"val_trim must be 'auto' or a float in \[0, 1\)"),
-        (dict(max_remove=1.5), r"max_remove as a fraction must be in \[0, 1\)"),
-        (dict(max_remove=-1), r"max_remove must be >= 0"),
-        (dict(threshold=float("nan")), r"threshold must not be NaN"),
+        (dict(damping=-1e-3), r"'damping' parameter .* must be a str among \{'auto'\} or "
+                              r"a float in the range \[0"),
+        (dict(val_trim=1.0), r"'val_trim' parameter .* a float in the range \[0.0, 1.0\)"),
+        (dict(max_remove=1.5), r"'max_remove' parameter"),
+        (dict(max_remove=-1), r"'max_remove' parameter"),
+        (dict(threshold=float("nan")), r"'threshold' parameter"),
+        (dict(hessian="newton"), r"'hessian' parameter .* must be a str among"),
+        (dict(solver="qr"), r"'solver' parameter .* must be a str among"),
+        (dict(params="layers"), r"'params' parameter"),
+        (dict(solver="lissa"), r"solver='lissa' is for deeper parameters"),
     ],
 )
 def test_influence_selector_bad_parameters(blobs, params, match):
@@ -619,20 +641,20 @@ def _engine_cases():
             ValueError, r"F_val is empty",
         ),
         "influence_scores_nan": (
-            lambda: influence_scores(net, nan, y, X, y), ValueError, r"X_train contains 1 NaN",
+            lambda: influence_scores(net, nan, y, X, y), ValueError, r"Input X_train contains NaN",
         ),
         "influence_scores_1d": (
-            lambda: influence_scores(net, X[:, 0], y, X, y), ValueError, r"X_train must have at least 2",
+            lambda: influence_scores(net, X[:, 0], y, X, y), ValueError, r"Expected 2D array, got 1D",
         ),
         "influence_scores_lengths": (
             lambda: influence_scores(net, X, y[:-1], X, y), ValueError, r"inconsistent lengths",
         ),
         "influence_scores_empty": (
-            lambda: influence_scores(net, X[:0], y[:0], X, y), ValueError, r"X_train has 0 samples",
+            lambda: influence_scores(net, X[:0], y[:0], X, y), ValueError, r"0 sample\(s\)",
         ),
         "influence_scores_object": (
             lambda: influence_scores(net, np.full((60, 4), "a", dtype=object), y, X, y),
-            TypeError, r"X_train has dtype object",
+            ValueError, r"could not convert string to float",
         ),
         "influence_scores_string_labels": (
             lambda: influence_scores(net, X, y.astype(str), X, y), ValueError, r"encode them first",
@@ -641,10 +663,10 @@ def _engine_cases():
             lambda: influence_scores(net, X, y, X, y + 3, n_classes=3), ValueError, r"y_val must hold labels",
         ),
         "extract_features_nan": (
-            lambda: extract_features(net, nan), ValueError, r"X contains 1 NaN",
+            lambda: extract_features(net, nan), ValueError, r"Input X contains NaN",
         ),
         "extract_features_empty": (
-            lambda: extract_features(net, X[:0]), ValueError, r"X has 0 samples",
+            lambda: extract_features(net, X[:0]), ValueError, r"0 sample\(s\)",
         ),
         "extract_features_bad_layer": (
             lambda: extract_features(net, X, layer="nope"), ValueError, r"layer='nope' is not a submodule",
@@ -815,7 +837,7 @@ def _interrupt(*args, **kwargs):
     "name, target",
     [
         ("influence", "skitl.selection._influence.cross_fit_head_influence"),
-        ("loss", "skitl.selection._baselines.cross_fit_head_influence"),
+        ("loss", "skitl.selection._loss.cross_fit_head_influence"),
     ],
 )
 def test_selector_interrupt_unfits(blobs, monkeypatch, name, target):

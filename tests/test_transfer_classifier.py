@@ -78,7 +78,7 @@ def test_fit_predict_tiny_cnn(digits):
     clf = TransferClassifier(TinyCNN, **_fast(max_epochs=4)).fit(X, y)
     assert isinstance(clf.net_, NeuralNetClassifier)
     np.testing.assert_array_equal(clf.classes_, np.arange(10))
-    assert clf.n_features_in_ == 64
+    assert clf.n_features_in_ == 1  # X.shape[1]: channels, as validate_data says
     proba = clf.predict_proba(Xt)
     assert proba.shape == (len(Xt), 10)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
@@ -422,11 +422,11 @@ class CountingFlip:
         return torch.flip(x, dims=[-1])
 
 
-def test_transform_train_time_only(digits):
+def test_train_transform_train_time_only(digits):
     X, y, Xt, _ = digits
     flip = CountingFlip()
     clf = TransferClassifier(
-        TinyCNN, transform=flip, early_stopping=True, validation_fraction=0.1, **_fast()
+        TinyCNN, train_transform=flip, early_stopping=True, validation_fraction=0.1, **_fast()
     ).fit(X, y)
     n_train = len(X) - len(clf.net_.train_split.valid_indices)
     assert flip.calls == 2 * n_train  # two epochs, validation part untouched
@@ -434,13 +434,13 @@ def test_transform_train_time_only(digits):
     assert flip.calls == 2 * n_train
 
 
-def test_torchvision_v2_transform_repeatable(digits):
+def test_torchvision_v2_train_transform_repeatable(digits):
     from torchvision.transforms import v2
 
     X, y, Xt, _ = digits
     aug = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomCrop(8, padding=1)])
-    a = TransferClassifier(TinyCNN, transform=aug, **_fast()).fit(X, y)
-    b = TransferClassifier(TinyCNN, transform=aug, **_fast()).fit(X, y)
+    a = TransferClassifier(TinyCNN, train_transform=aug, **_fast()).fit(X, y)
+    b = TransferClassifier(TinyCNN, train_transform=aug, **_fast()).fit(X, y)
     np.testing.assert_array_equal(a.predict_proba(Xt), b.predict_proba(Xt))
 
 
@@ -452,7 +452,7 @@ def test_torch_dataset_input(digits):
     ds = TensorDataset(torch.from_numpy(X), torch.from_numpy(y))
     clf = TransferClassifier(TinyCNN, **_fast()).fit(ds)  # labels from the dataset
     np.testing.assert_array_equal(clf.classes_, np.arange(10))
-    assert clf.n_features_in_ == 64
+    assert clf.n_features_in_ == 1  # X.shape[1]: channels, as validate_data says
     test_ds = TensorDataset(torch.from_numpy(Xt), torch.from_numpy(yt))
     pred = clf.predict(test_ds)
     ref = TransferClassifier(TinyCNN, **_fast()).fit(X, y).predict(Xt)

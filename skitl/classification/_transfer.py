@@ -8,24 +8,23 @@ modules stay in eval mode), optionally prunes the training data with a
 selector, and hands the rest to skorch.
 """
 
-import contextlib
+import copy
+import inspect
 import numbers
-import warnings
 
 import numpy as np
 import torch
 import torch.nn as nn
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.exceptions import DataConversionWarning
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
+from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
-from sklearn.utils import assert_all_finite, check_random_state
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     HasMethods,
     Interval,
     StrOptions,
 )
-from sklearn.utils.multiclass import type_of_target
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping
 from torch.utils.data import Dataset
@@ -33,10 +32,21 @@ from torch.utils.data import Dataset
 from .._network import (
     build_network,
     freeze_parameters,
+    match_parameters,
     reinit_parameters,
     replace_head,
 )
-from ..utils import check_X, check_y, is_dataset, resolve_device, torch_generator
+from ..utils import (
+    check_sample_domain,
+    check_X,
+    check_y,
+    flush_denormal,
+    is_dataset,
+    resolve_device,
+    seeded,
+    torch_generator,
+    validate_X,
+)
 
 _OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
@@ -111,18 +121,23 @@ class _TransferDataset(Dataset):
 
 
 class _Split:
-    """skorch ``train_split``: a fixed stratified validation part, by index.
+    """skorch ``train_split``: a fixed validation part for early stopping.
 
-    Only indices are stored (not data), so the fitted net stays small when
-    pickled. The training part gets the train-time ``transform``.
+    Either indices into the training data (a stratified hold-out) or a
+    separate validation dataset (the target set given to ``fit``); the
+    training part gets the train-time transform. Only indices are kept
+    after fitting, so the fitted net stays small when pickled.
     """
 
-    def __init__(self, valid_indices=None, transform=None):
+    def __init__(self, valid_indices=None, transform=None, valid_dataset=None):
         self.valid_indices = valid_indices
         self.transform = transform
+        self.valid_dataset = valid_dataset
 
     def __call__(self, dataset, y=None, **fit_params):
         n = len(dataset)
+        if self.valid_dataset is not None:
+            return dataset.view(np.arange(n), self.transform), self.valid_dataset
         if self.valid_indices is None:
             return dataset.view(np.arange(n), self.transform), None
         mask = np.ones(n, dtype=bool)
@@ -185,21 +200,6 @@ class _EarlyStopping(EarlyStopping):
             if self.misses_ == self.patience:
                 raise _StopTraining from exc
             raise
-
-
-@contextlib.contextmanager
-def _seeded(seed, device):
-    """Seed torch's CPU (and the used CUDA device's) generator, then restore it."""
-    devices = []
-    if str(device).startswith("cuda"):
-        index = torch.device(device).index
-        devices = [torch.cuda.current_device() if index is None else index]
-    with torch.random.fork_rng(devices=devices):
-        torch.random.default_generator.manual_seed(seed)
-        for d in devices:
-            with torch.cuda.device(d):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 def _as_list(patterns):
@@ -265,10 +265,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         mode.
     selector : object with ``fit_resample(X, y)``, default=None
         Prunes the training data before fine-tuning; it is cloned and fitted
-        on each call to :meth:`fit`. When it has an ``estimator`` parameter
-        set to ``None`` (an ``InfluenceSampleSelector``), a clone of this
-        classifier without selector is given to it, so that it analyses this
-        classifier's pretrained network.
+        on each call to :meth:`fit`, and receives the ``X_val`` / ``y_val`` /
+        ``sample_domain`` given to :meth:`fit`. When it has an ``estimator``
+        parameter set to ``None`` (an ``InfluenceSampleSelector``), a clone of
+        this classifier without selector is given to it, so that it analyses
+        exactly the pretrained network this classifier then fine-tunes.
     optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
         ``"sgd"`` uses momentum 0.9. A class is called as
         ``optimizer(param_groups, lr=..., weight_decay=...)``.
@@ -286,14 +287,17 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     batch_size : int, default=64
         Mini-batch size for training and prediction.
     early_stopping : bool, default=False
-        Hold out a stratified ``validation_fraction`` of the training data,
-        stop when its loss has not improved for ``n_iter_no_change`` epochs,
-        and restore the best epoch's weights (kept in memory, no files).
+        Stop when the validation loss has not improved for
+        ``n_iter_no_change`` epochs and restore the best epoch's weights
+        (kept in memory, no files). The validation set is the ``X_val`` /
+        ``y_val`` given to :meth:`fit` (the target), else a stratified
+        ``validation_fraction`` held out of the training data.
     validation_fraction : float, default=0.1
-        Fraction held out for early stopping (not used otherwise).
+        Fraction held out for early stopping when no ``X_val`` is given (not
+        used otherwise).
     n_iter_no_change : int, default=5
         Patience of early stopping, in epochs.
-    transform : callable, default=None
+    train_transform : callable, default=None
         Applied to each training sample (a float tensor ``(C, H, W)`` or
         ``(d,)``) at training time only, e.g. torchvision's
         ``v2.RandomHorizontalFlip()``. Never applied for prediction or to the
@@ -312,9 +316,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     classes_ : ndarray of shape (n_classes,)
         The class labels (any type), sorted.
     n_features_in_ : int
-        Number of values per sample seen in :meth:`fit`: the number of
-        features for 2-D input, the product of the per-sample shape
-        (``C * H * W``) for images.
+        ``X.shape[1]`` in :meth:`fit`, as scikit-learn's ``validate_data``
+        records it: the number of features of 2-D input, the number of
+        channels of images ``(N, C, H, W)`` (for a ``Dataset``: the first
+        dimension of a sample).
     feature_names_in_ : ndarray of str
         Column names, when fitted on a DataFrame with string column names.
     net_ : skorch.NeuralNetClassifier
@@ -335,12 +340,17 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     omitted) or ``x`` with ``y`` given. For cross-validation over a dataset,
     wrap it in ``skorch.helper.SliceDataset``.
 
-    The ``transform`` parameter is an attribute like every parameter, and
-    scikit-learn duck-types transformers by ``hasattr(est, "transform")``:
-    a ``Pipeline`` or ``GridSearchCV`` ending in this classifier therefore
-    shows ``transform`` / ``fit_transform`` methods that do not work, and
-    ``check_estimator`` treats it as a transformer. Use ``predict`` /
-    ``predict_proba``.
+    A target set for the selector: ``fit(X, y, X_val=..., y_val=...)`` (a
+    clean validation set from the target distribution) or
+    ``fit(X, y, sample_domain=...)`` (one integer per sample, negative for
+    the target domain, positive for auxiliary / source domains: skada's
+    convention). Both are requested through scikit-learn's metadata routing
+    (``sklearn.set_config(enable_metadata_routing=True)`` and
+    ``clf.set_fit_request(sample_domain=True)``), so they pass through a
+    ``Pipeline`` and ``GridSearchCV``, where ``sample_domain`` is split with
+    ``X``; :func:`skitl.metrics.make_target_scorer` then scores a search on
+    the target samples only. No parameter or method is named ``transform``:
+    scikit-learn takes any estimator with that attribute for a transformer.
 
     References
     ----------
@@ -362,7 +372,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = {
         "module": [str, callable],
-        "weights": "no_validation",  # checked by build_network
+        "weights": "no_validation",  # a name, a path or a state dict: build_network
         "head": [None, str],
         "strategy": [StrOptions(set(_STRATEGIES))],
         "reinit": [None, str, list, tuple],
@@ -377,7 +387,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
-        "transform": [None, callable],
+        "train_transform": [None, callable],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -402,7 +412,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=5,
-        transform=None,
+        train_transform=None,
         device="auto",
         random_state=None,
         verbose=0,
@@ -423,7 +433,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
-        self.transform = transform
+        self.train_transform = train_transform
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -431,60 +441,21 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     # -- input validation ---------------------------------------------------
 
     def _check_X(self, X, *, reset):
-        """Validate X; record (reset) or check its per-sample shape."""
-        if is_dataset(X):
-            X = check_X(X)
-            if reset:
-                x0 = _to_tensor(_item_x(X[0]))
-                self.n_features_in_ = int(np.prod(tuple(x0.shape)))
-                self._sample_ndim = x0.dim() + 1
-            return X
-        if isinstance(X, np.ndarray) and X.dtype == object:
-            # numbers stored as objects are fine; anything else raises
-            # TypeError naming the bad value.
-            try:
-                X = X.astype(np.float64)
-            except (TypeError, ValueError) as exc:
-                raise type(exc)(
-                    f"X is an object array with non-numeric values: {exc}"
-                ) from exc
-        ndim = getattr(X, "ndim", None)
-        if ndim == 1:
+        """Validate X (scikit-learn's checks for arrays); record its shape."""
+        ndim = None if is_dataset(X) else getattr(X, "ndim", None)
+        if ndim is None and not is_dataset(X):
+            ndim = np.asarray(X).ndim
+        if not reset and ndim is not None and ndim >= 2 and self._input_ndim is not None \
+                and ndim != self._input_ndim:
+            # before validate_data, whose message would count channels as features
             raise ValueError(
-                f"Expected 2D array, got 1D array instead: shape {X.shape}. Reshape "
-                "your data either using array.reshape(-1, 1) if your data has a "
-                "single feature or array.reshape(1, -1) if it contains a single "
-                "sample."
+                f"X has {ndim} dimensions (shape {np.shape(X)}), but "
+                f"{type(self).__name__} was fitted on {self._input_ndim}-D input."
             )
-        if ndim == 2 and X.shape[1] == 0:
-            raise ValueError(
-                f"0 feature(s) (shape={tuple(X.shape)}) while a minimum of 1 is "
-                "required."
-            )
-        if ndim == 2:
-            # feature names and n_features_in_ the scikit-learn way
-            validate_data(self, X, reset=reset, skip_check_array=True)
-        X = check_X(X, allow_dataset=False)
+        X = validate_X(self, X, reset=reset)
         if reset:
-            self.n_features_in_ = int(np.prod(X.shape[1:]))
-            self._sample_ndim = X.ndim
-            if X.ndim != 2 and hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-        else:
-            if X.ndim != self._sample_ndim:
-                raise ValueError(
-                    f"X has {X.ndim} dimensions (shape {X.shape}), but "
-                    f"{type(self).__name__} was fitted on {self._sample_ndim}-D input."
-                )
-            if (
-                X.ndim > 2
-                and self._channels is not None
-                and X.shape[1] != self._channels
-            ):
-                raise ValueError(
-                    f"X has {X.shape[1]} channels, but {type(self).__name__} was "
-                    f"fitted on {self._channels}."
-                )
+            self._input_ndim = ndim
+            self._input_shape = None if ndim is None else tuple(X.shape[1:])
         return X
 
     @staticmethod
@@ -503,41 +474,81 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             labels.append(_label(item[1]))
         return np.asarray(labels)
 
-    def _check_y(self, X, y):
+    def _check_y(self, X, y, name="y"):
         if y is None:
             if not is_dataset(X):
                 raise ValueError(
                     f"{type(self).__name__} requires y to be passed, but the target "
-                    "y is None."
+                    f"{name} is None."
                 )
             y = self._labels_from_dataset(X)
         elif is_dataset(y):  # e.g. a skorch SliceDataset over the labels
             y = np.asarray([_label(v) for v in y])
-        elif isinstance(y, torch.Tensor):
-            y = y.detach().cpu().numpy()
-        elif not hasattr(y, "to_numpy"):
-            y = np.asarray(y)
-        if getattr(y, "ndim", 1) == 2 and y.shape[1] == 1:
-            warnings.warn(
-                "A column-vector y was passed when a 1d array was expected. Please "
-                "change the shape of y to (n_samples,), for example using ravel().",
-                DataConversionWarning,
-                stacklevel=3,
-            )
-        y = check_y(y, n_samples=len(X))
-        if y.dtype.kind == "f":
-            assert_all_finite(y, input_name="y")
-        target_type = type_of_target(y, input_name="y")
-        if target_type not in ("binary", "multiclass"):
-            raise ValueError(
-                f"Unknown label type: {target_type!r}. {type(self).__name__} needs "
-                "class labels (binary or multiclass), not continuous targets."
-            )
-        return y
+        return check_y(y, name=name, n_samples=len(X))
+
+    def _check_target_set(self, X, X_val, y_val, sample_domain):
+        """Validate what fit hands the selector (and early stopping)."""
+        if (X_val is None) != (y_val is None):
+            raise ValueError("Pass both X_val and y_val, or neither.")
+        if X_val is not None:
+            X_val = check_X(X_val, name="X_val")
+            y_val = self._check_y(X_val, y_val, name="y_val")
+            if not is_dataset(X) and not is_dataset(X_val) and X_val.shape[1:] != X.shape[1:]:
+                raise ValueError(
+                    f"X_val has per-sample shape {X_val.shape[1:]} but X has "
+                    f"{X.shape[1:]}."
+                )
+            unseen = ~np.isin(y_val, self.classes_)
+            if unseen.any():
+                raise ValueError(
+                    f"y_val contains labels not present in y: "
+                    f"{np.unique(y_val[unseen]).tolist()}."
+                )
+        if sample_domain is not None:
+            sample_domain, _ = check_sample_domain(sample_domain, len(X))
+        return X_val, y_val, sample_domain
 
     # -- building the network -----------------------------------------------
 
+    @staticmethod
+    def _draw_seeds(rng):
+        # One draw of five seeds: network, head, re-initialisation, split,
+        # training. The order is what _pretrained_network relies on.
+        return [int(s) for s in rng.randint(0, 2**31 - 1, size=5)]
+
+    def _base_network(self, seed):
+        """skitl's own copy of the network before the head is replaced."""
+        with seeded(seed):
+            if self.strategy == "scratch":
+                # a fresh construction is the network's own initialisation;
+                # a copied instance is reset layer by layer.
+                net, head_name = build_network(self.module, None, head=self.head)
+                if isinstance(self.module, nn.Module):
+                    reinit_parameters(net, "*", random_state=seed)
+            else:
+                net, head_name = build_network(self.module, self.weights, head=self.head)
+        return net, head_name
+
+    def _pretrained_network(self):
+        """The network :meth:`fit` starts from, built and seeded as fit does.
+
+        Selectors analyse it (``InfluenceSampleSelector(estimator=clf)``): the
+        classifier is the one place that builds and seeds its network, so a
+        factory's random initialisation is the same here and in ``fit``. The
+        estimator's ``random_state`` is not advanced.
+
+        Returns
+        -------
+        net : torch.nn.Module
+            A new module with the original (source) head.
+        head_name : str
+            Dotted name of the classification layer.
+        """
+        rng = check_random_state(copy.deepcopy(self.random_state))
+        return self._base_network(self._draw_seeds(rng)[0])
+
     def _check_strategy_params(self):
+        # relations between parameters, which _parameter_constraints cannot say
         if self.strategy == "partial" and not self.reinit:
             raise ValueError(
                 "strategy='partial' needs reinit: glob patterns of the parameters "
@@ -548,27 +559,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                 f"reinit is only used by strategy='partial', got "
                 f"strategy={self.strategy!r} with reinit={self.reinit!r}."
             )
-        if not isinstance(self.optimizer, str) and isinstance(self.optimizer, type):
-            if not issubclass(self.optimizer, torch.optim.Optimizer):
-                raise TypeError(
-                    f"optimizer={self.optimizer!r} is not a torch.optim.Optimizer "
-                    "subclass."
-                )
 
     def _build(self, n_classes, sample, seeds):
         """Return the network and the settings that realise the strategy."""
         strategy = self.strategy
-        with _seeded(seeds[0], "cpu"):
-            if strategy == "scratch":
-                # a fresh construction is the network's own initialisation;
-                # a copied instance is reset layer by layer.
-                net, head_name = build_network(self.module, None, head=self.head)
-                if isinstance(self.module, nn.Module):
-                    reinit_parameters(net, "*", random_state=seeds[0])
-            else:
-                net, head_name = build_network(
-                    self.module, self.weights, head=self.head
-                )
+        net, head_name = self._base_network(seeds[0])
         replace_head(net, head_name, n_classes, random_state=seeds[1])
         if any(
             isinstance(p, nn.parameter.UninitializedParameter) for p in net.parameters()
@@ -579,7 +574,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             f"{head_name}.{n}"
             for n, _ in net.get_submodule(head_name).named_parameters()
         }
-        head_patterns = [f"{head_name}.*"]
+        head_patterns = [head_name]
         if strategy == "partial":
             new |= set(reinit_parameters(net, self.reinit, random_state=seeds[2]))
             head_patterns += _as_list(self.reinit)
@@ -611,10 +606,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             base_lr, groups = self.lr, []
         else:
             base_lr = self.lr * self.backbone_lr_scale
-            groups = [(p, {"lr": self.lr}) for p in head_patterns]
-            # a pattern naming a module covers what is below it (as in
-            # skitl._network.match_parameters)
-            groups += [(p + ".*", {"lr": self.lr}) for p in head_patterns[1:]]
+            # the parameter names, resolved with the one pattern rule of
+            # freeze / reinit / params (a module name covers what is below it)
+            fast = match_parameters(net, head_patterns)
+            groups = [(name, {"lr": self.lr}) for name in fast]
         return net, head_name, base_lr, groups, tuple(eval_modules)
 
     @staticmethod
@@ -633,7 +628,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     @staticmethod
     def _dry_run(net, sample, seed):
-        with _seeded(seed, "cpu"), torch.no_grad():
+        with seeded(seed), torch.no_grad():
             was_training = net.training
             net.eval()
             try:
@@ -645,19 +640,24 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             net.train(was_training)
 
     def _make_optimizer_kwargs(self):
-        if isinstance(self.optimizer, str):
-            optimizer = _OPTIMIZERS[self.optimizer]
-            kwargs = {"optimizer__weight_decay": self.weight_decay}
-            if self.optimizer == "sgd":
-                kwargs["optimizer__momentum"] = 0.9
-        else:
-            optimizer = self.optimizer
-            kwargs = {"optimizer__weight_decay": self.weight_decay}
-        return optimizer, kwargs
+        kwargs = {"optimizer__weight_decay": self.weight_decay}
+        if not isinstance(self.optimizer, str):
+            if isinstance(self.optimizer, type) and not issubclass(
+                self.optimizer, torch.optim.Optimizer
+            ):
+                raise TypeError(
+                    f"optimizer={self.optimizer!r} is not a torch.optim.Optimizer "
+                    "subclass."
+                )
+            return self.optimizer, kwargs
+        if self.optimizer == "sgd":
+            kwargs["optimizer__momentum"] = 0.9
+        return _OPTIMIZERS[self.optimizer], kwargs
 
     # -- public API -----------------------------------------------------------
 
-    def fit(self, X, y=None):
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None, *, X_val=None, y_val=None, sample_domain=None):
         """Build the network, optionally prune the data, and train.
 
         A fit that fails or is interrupted (``KeyboardInterrupt``, also during
@@ -673,6 +673,15 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_samples,), default=None
             Class labels of any type; may be omitted when ``X`` is a dataset
             yielding ``(x, y)`` pairs.
+        X_val : array-like or torch Dataset, default=None
+            A clean validation set from the target distribution: handed to
+            the selector (the influence selector scores every sample of ``X``
+            against it) and used for early stopping.
+        y_val : array-like of shape (n_val,), default=None
+            Its labels (all of them classes of ``y``).
+        sample_domain : array-like of int of shape (n_samples,), default=None
+            Domain of each sample of ``X`` (negative: target, positive:
+            auxiliary / source), handed to the selector; ignored without one.
 
         Returns
         -------
@@ -680,7 +689,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             The fitted classifier.
         """
         try:
-            return self._fit(X, y)
+            with flush_denormal():
+                return self._fit(X, y, X_val, y_val, sample_domain)
         except BaseException:
             self._clear_fitted()
             raise
@@ -689,29 +699,33 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         for attr in list(vars(self)):
             if (attr.endswith("_") and not attr.startswith("__")) or attr in (
                 "_head_name",
-                "_channels",
-                "_sample_ndim",
+                "_input_ndim",
+                "_input_shape",
             ):
                 delattr(self, attr)
 
-    def _fit(self, X, y):
-        self._validate_params()
+    def _fit(self, X, y, X_val, y_val, sample_domain):
         self._check_strategy_params()
         X = self._check_X(X, reset=True)
         y = self._check_y(X, y)
-        self._channels = None if is_dataset(X) or X.ndim <= 2 else int(X.shape[1])
         self.classes_, y_enc = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(
                 f"y has {len(self.classes_)} class; at least 2 classes are needed "
                 "to train a classifier."
             )
+        X_val, y_val, sample_domain = self._check_target_set(X, X_val, y_val, sample_domain)
         rng = check_random_state(self.random_state)
-        seeds = [int(s) for s in rng.randint(0, 2**31 - 1, size=5)]
+        # what the selector's copy of this classifier draws its seeds from
+        rng_at_start = copy.deepcopy(rng)
+        seeds = self._draw_seeds(rng)
 
         self.selector_ = None
         if self.selector is not None:
-            X, y_enc = self._select(X, y, seeds[0])
+            X, y_enc = self._select(
+                X, y, rng_at_start, seeds[0],
+                dict(X_val=X_val, y_val=y_val, sample_domain=sample_domain),
+            )
 
         device = resolve_device(self.device)
         first = _TransferDataset(X, None)
@@ -721,13 +735,18 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         )
         self._head_name = head_name
 
-        n = len(X)
-        valid_idx = None
-        if self.early_stopping:
-            valid_idx = self._validation_indices(y_enc, seeds[3])
-        n_train = n - (0 if valid_idx is None else len(valid_idx))
+        split = _Split(None, self.train_transform)
+        n_train = len(X)
         callbacks = []
         if self.early_stopping:
+            if X_val is not None:
+                y_val_enc = np.searchsorted(self.classes_, y_val).astype(np.int64)
+                split = _Split(None, self.train_transform,
+                               valid_dataset=_TransferDataset(X_val, y_val_enc))
+            else:
+                valid_idx = self._validation_indices(y_enc, seeds[3])
+                split = _Split(valid_idx, self.train_transform)
+                n_train -= len(valid_idx)
             callbacks.append(
                 (
                     "early_stopping",
@@ -748,7 +767,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             lr=base_lr,
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
-            train_split=_Split(valid_idx, self.transform),
+            train_split=split,
             classes=list(range(len(self.classes_))),
             callbacks=callbacks,
             iterator_train__shuffle=True,
@@ -763,10 +782,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             **opt_kwargs,
         )
         dataset = _TransferDataset(X, np.asarray(y_enc, dtype=np.int64))
-        with _seeded(seeds[4], device):
+        with seeded(seeds[4], device):
             self.net_.fit(dataset, y=None)
         if getattr(self.net_, "_interrupt", None) is not None:
             raise self.net_._interrupt
+        # the validation set was only needed while training; do not pickle it
+        split.valid_dataset = None
         return self
 
     def _validation_indices(self, y_enc, seed):
@@ -791,18 +812,25 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             )
         return np.sort(valid)
 
-    def _select(self, X, y, seed):
+    def _select(self, X, y, rng_at_start, seed, target):
         # safe=False: any object with fit_resample works, estimator or not
         sel = clone(self.selector, safe=False)
         if hasattr(sel, "get_params"):
             params = sel.get_params(deep=False)
             if "estimator" in params and params["estimator"] is None:
-                # let it analyse this classifier's pretrained network
-                sel.set_params(estimator=clone(self).set_params(selector=None))
-        # same torch seed as _build: a selector that builds the network from a
-        # factory analyses the very initialisation fine-tuned here, repeatably
-        with _seeded(seed, "cpu"):
-            X_kept, y_kept = sel.fit_resample(X, y)
+                # it analyses this very classifier's pretrained network: the
+                # copy draws its seeds from the same random state
+                sel.set_params(
+                    estimator=clone(self).set_params(
+                        selector=None, random_state=rng_at_start
+                    )
+                )
+        kwargs = {k: v for k, v in target.items() if v is not None}
+        if kwargs:
+            _check_accepts(sel, kwargs)
+        # a selector that draws torch random numbers is repeatable too
+        with seeded(seed):
+            X_kept, y_kept = sel.fit_resample(X, y, **kwargs)
         self.selector_ = sel
         X_kept = check_X(X_kept, name="X returned by the selector")
         y_kept = check_y(
@@ -816,6 +844,27 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                 f"The selector returned labels not in y: {np.unique(y_kept[unknown])}."
             )
         return X_kept, np.searchsorted(self.classes_, y_kept)
+
+    def _forward(self, X):
+        """Probabilities, with a clear error when the input cannot pass."""
+        try:
+            with flush_denormal():
+                proba = self.net_.predict_proba(_TransferDataset(X, None))
+        except RuntimeError as exc:
+            shape = (
+                f"per-sample shape {tuple(X.shape[1:])}" if not is_dataset(X)
+                else "samples of the given dataset"
+            )
+            raise ValueError(
+                f"The network cannot process X ({shape}); it was fitted on "
+                f"{self._fitted_shape_text()}. Pass inputs of the fitted shape "
+                f"(resize images to it). torch said: {exc}"
+            ) from exc
+        return np.asarray(proba, dtype=np.float64)
+
+    def _fitted_shape_text(self):
+        shape = getattr(self, "_input_shape", None)
+        return "a Dataset" if shape is None else f"per-sample shape {shape}"
 
     def predict_proba(self, X):
         """Class probabilities (softmax of the network's outputs).
@@ -831,8 +880,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "net_")
         X = self._check_X(X, reset=False)
-        proba = self.net_.predict_proba(_TransferDataset(X, None))
-        proba = np.asarray(proba, dtype=np.float64)
+        proba = self._forward(X)
         return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X):
@@ -849,32 +897,43 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
-    def score(self, X, y, sample_weight=None):
+    def score(self, X, y=None, sample_weight=None):
         """Mean accuracy on ``(X, y)``.
+
+        Labels never seen in :meth:`fit` cannot be predicted and count as
+        errors, as in every scikit-learn classifier (so cross-validation with
+        a rare class scores instead of failing).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, ...) or torch Dataset
-        y : array-like of shape (n_samples,)
-            True labels; every label must be one of ``classes_``.
+        y : array-like of shape (n_samples,), default=None
+            True labels; may be omitted when ``X`` is a dataset of
+            ``(x, y)`` pairs.
         sample_weight : array-like of shape (n_samples,), default=None
 
         Returns
         -------
         score : float
-
-        Raises
-        ------
-        ValueError
-            If ``y`` holds labels the classifier never saw in :meth:`fit`
-            (they could never be predicted; :meth:`predict` itself works).
         """
         check_is_fitted(self, "net_")
         y = self._check_y(X, y)
-        unseen = set(np.unique(y).tolist()) - set(self.classes_.tolist())
-        if unseen:
-            raise ValueError(
-                f"y contains labels not seen in fit: {sorted(unseen, key=str)}; "
-                f"the classifier only knows {self.classes_.tolist()}."
-            )
-        return super().score(X, y, sample_weight=sample_weight)
+        return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))
+
+
+def _check_accepts(selector, kwargs):
+    """Name the selector that cannot take the target set, before it fails."""
+    try:
+        sig = inspect.signature(selector.fit_resample)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return
+    params = sig.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    missing = sorted(set(kwargs) - set(params))
+    if missing:
+        raise TypeError(
+            f"The selector {type(selector).__name__}.fit_resample does not accept "
+            f"{missing}, which were passed to fit; use a skitl selector or one "
+            "whose fit_resample takes them."
+        )

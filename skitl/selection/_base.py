@@ -14,12 +14,13 @@ import warnings
 from abc import abstractmethod
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, _fit_context
 from sklearn.preprocessing import LabelEncoder
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Subset
 
-from ..utils import check_fraction_or_int, check_X, check_y
+from ..utils import check_sample_domain, check_X, check_y, resolve_count, validate_X
 
 #: A class keeps at least this many samples whatever the scores say, so that
 #: stratified splits and early-stopping validation still see every class.
@@ -27,6 +28,13 @@ MIN_SAMPLES_PER_CLASS = 2
 
 #: ... and at least this fraction of its samples.
 MIN_CLASS_FRACTION = 0.1
+
+#: ``max_remove``: a count, a fraction of the training set, or None.
+MAX_REMOVE = [
+    None,
+    Interval(numbers.Integral, 0, None, closed="left"),
+    Interval(numbers.Real, 0, 1, closed="left"),
+]
 
 
 def _class_floor(count):
@@ -90,15 +98,28 @@ class BaseSelector(BaseEstimator):
     """Base class of skitl selectors: scores, a removal rule, ``fit_resample``.
 
     Subclasses implement :meth:`_compute_scores` and may override
-    :meth:`_candidates`; everything else (validation, the class guards,
-    ``support_``, ``fit_resample``) is shared.
+    :meth:`_candidates` and :meth:`_removal_count`; everything else
+    (validation, the target set, the class guards, ``support_``,
+    ``fit_resample``) is shared. Subclasses extend
+    ``BaseSelector._parameter_constraints`` with their own parameters.
+
+    Every selector takes the same target information in :meth:`fit`: a
+    separate validation set ``X_val`` / ``y_val`` from the target
+    distribution, and / or ``sample_domain`` (one integer per training
+    sample: negative for the target domain, positive for source / auxiliary
+    domains, skada's convention). With ``sample_domain`` only auxiliary
+    samples are removal candidates unless ``remove_from="all"``.
     """
 
     # imbalanced-learn dispatches on this attribute.
     _sampling_type = "clean-sampling"
 
+    _parameter_constraints = {
+        "remove_from": [StrOptions({"auxiliary", "all"})],
+    }
+
     @abstractmethod
-    def _compute_scores(self, X, y, **fit_params):
+    def _compute_scores(self, X, y, X_val, y_val, is_target):
         """Return an array of one score per sample (higher = keep)."""
 
     def _candidates(self, scores):
@@ -107,19 +128,12 @@ class BaseSelector(BaseEstimator):
             return np.ones(len(scores), dtype=bool)
         return scores < threshold
 
-    def _validate_common(self):
-        max_remove = getattr(self, "max_remove", None)
-        if max_remove is not None:
-            check_fraction_or_int(max_remove, "max_remove")
-        threshold = getattr(self, "threshold", None)
-        if threshold is not None and (
-            not isinstance(threshold, numbers.Real) or isinstance(threshold, bool)
-        ):
-            raise TypeError(f"threshold must be a real number or None, got {threshold!r}.")
-        if threshold is not None and np.isnan(threshold):
-            raise ValueError("threshold must not be NaN.")
+    def _removal_count(self, scores, y, candidates):
+        """The most samples the rule may remove (None: no cap)."""
+        return resolve_count(getattr(self, "max_remove", None), len(y))
 
-    def fit(self, X, y, **fit_params):
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y, X_val=None, y_val=None, *, sample_domain=None):
         """Score every sample of ``(X, y)`` and decide which to keep.
 
         Parameters
@@ -128,8 +142,17 @@ class BaseSelector(BaseEstimator):
             Training inputs.
         y : array-like of shape (n_samples,)
             Training labels (any type).
-        **fit_params : dict
-            Passed to the scoring step (e.g. ``X_val``, ``y_val``).
+        X_val : array-like or torch Dataset, default=None
+            A validation set from the target distribution (assumed clean).
+            What a selector does with it is described in its class
+            documentation.
+        y_val : array-like of shape (n_val,), default=None
+            Its labels, all of them classes of ``y``.
+        sample_domain : array-like of int of shape (n_samples,), default=None
+            Domain of each training sample: negative for the target domain,
+            positive for source / auxiliary domains (skada's convention).
+            Requested through metadata routing (``set_fit_request``), so it
+            passes through ``Pipeline`` and ``GridSearchCV``.
 
         Returns
         -------
@@ -143,34 +166,59 @@ class BaseSelector(BaseEstimator):
         those of an earlier fit, is removed.
         """
         try:
-            return self._fit_and_select(X, y, **fit_params)
+            return self._fit_and_select(X, y, X_val, y_val, sample_domain)
         except BaseException:
             for attr in list(vars(self)):
                 if (attr.endswith("_") and not attr.startswith("__")) or attr == "_encoder":
                     delattr(self, attr)
             raise
 
-    def _fit_and_select(self, X, y, **fit_params):
-        self._reset()
+    def _validate_inputs(self, X, y, X_val, y_val, sample_domain):
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y "
                 "is None."
             )
-        self._validate_common()
-        X = check_X(X)
+        X = validate_X(self, X, reset=True)
         y = check_y(y, n_samples=len(X))
         self._encoder = LabelEncoder().fit(y)
         if len(self._encoder.classes_) < 2:
             raise ValueError(
-                f"y has 1 class ({self._encoder.classes_.tolist()[0]!r}); a selector needs "
-                "at least 2 classes."
+                f"y has 1 class ({self._encoder.classes_.tolist()[0]!r}); a selector "
+                "needs at least 2 classes."
             )
-        y_enc = self._encoder.transform(y)
         self.classes_ = self._encoder.classes_
-        if isinstance(X, np.ndarray):
-            self.n_features_in_ = int(np.prod(X.shape[1:]))
-        scores = np.asarray(self._compute_scores(X, y_enc, **fit_params), dtype=np.float64)
+        y_enc = self._encoder.transform(y)
+        if (X_val is None) != (y_val is None):
+            raise ValueError("Pass both X_val and y_val, or neither.")
+        if X_val is not None:
+            X_val = check_X(X_val, name="X_val")
+            y_val = check_y(y_val, name="y_val", n_samples=len(X_val))
+            if isinstance(X, np.ndarray) and isinstance(X_val, np.ndarray) \
+                    and X_val.shape[1:] != X.shape[1:]:
+                raise ValueError(
+                    f"X_val has per-sample shape {X_val.shape[1:]} but X has "
+                    f"{X.shape[1:]}."
+                )
+            unseen = np.setdiff1d(np.unique(y_val), self.classes_)
+            if len(unseen):
+                raise ValueError(
+                    f"y_val contains labels not present in y: {unseen.tolist()}."
+                )
+            y_val = self._encoder.transform(y_val)
+        is_target = None
+        if sample_domain is not None:
+            _, is_target = check_sample_domain(sample_domain, len(y_enc))
+        return X, y_enc, X_val, y_val, is_target
+
+    def _fit_and_select(self, X, y, X_val, y_val, sample_domain):
+        self._reset()
+        X, y_enc, X_val, y_val, is_target = self._validate_inputs(
+            X, y, X_val, y_val, sample_domain
+        )
+        scores = np.asarray(
+            self._compute_scores(X, y_enc, X_val, y_val, is_target), dtype=np.float64
+        )
         if scores.shape != (len(y_enc),):
             raise RuntimeError(
                 f"{type(self).__name__} produced {scores.shape} scores for "
@@ -183,9 +231,9 @@ class BaseSelector(BaseEstimator):
                 "the damping."
             )
         candidates = np.asarray(self._candidates(scores), dtype=bool)
-        max_remove = check_fraction_or_int(
-            getattr(self, "max_remove", None), "max_remove", n=len(y_enc)
-        )
+        if is_target is not None and self.remove_from == "auxiliary":
+            candidates &= ~is_target
+        max_remove = self._removal_count(scores, y_enc, candidates)
         remove, protected = removal_mask(
             scores, y_enc, candidates=candidates, max_remove=max_remove
         )
@@ -197,7 +245,7 @@ class BaseSelector(BaseEstimator):
                 f"max({MIN_SAMPLES_PER_CLASS}, {MIN_CLASS_FRACTION:.0%}) samples "
                 f"(kept per class: {names}).",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self.scores_ = scores
         self.support_ = ~remove
@@ -207,11 +255,10 @@ class BaseSelector(BaseEstimator):
         return self
 
     def _reset(self):
-        for attr in ("scores_", "support_", "sample_indices_", "n_removed_", "classes_"):
-            if attr in self.__dict__:
-                delattr(self, attr)
+        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("__")]:
+            delattr(self, attr)
 
-    def fit_resample(self, X, y, **fit_params):
+    def fit_resample(self, X, y, X_val=None, y_val=None, *, sample_domain=None):
         """Fit, then return the kept samples in their original order.
 
         Parameters
@@ -220,8 +267,12 @@ class BaseSelector(BaseEstimator):
             Training inputs.
         y : array-like of shape (n_samples,)
             Training labels.
-        **fit_params : dict
-            Passed to :meth:`fit`.
+        X_val : array-like or torch Dataset, default=None
+            Target validation set, see :meth:`fit`.
+        y_val : array-like of shape (n_val,), default=None
+            Its labels.
+        sample_domain : array-like of int of shape (n_samples,), default=None
+            Domain of each training sample, see :meth:`fit`.
 
         Returns
         -------
@@ -230,7 +281,7 @@ class BaseSelector(BaseEstimator):
         y_kept : same type as y
             The kept labels.
         """
-        self.fit(X, y, **fit_params)
+        self.fit(X, y, X_val, y_val, sample_domain=sample_domain)
         return _take(X, self.sample_indices_), _take(y, self.sample_indices_)
 
     def get_support(self, indices=False):
@@ -244,6 +295,7 @@ class BaseSelector(BaseEstimator):
         Returns
         -------
         support : ndarray
+            ``support_``, or ``sample_indices_`` when ``indices=True``.
         """
         check_is_fitted(self, "support_")
         return self.sample_indices_ if indices else self.support_
@@ -252,7 +304,66 @@ class BaseSelector(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
         tags.input_tags.allow_nan = False
+        return _sampler_tags(tags)
+
+
+def _sampler_tags(tags):
+    """imbalanced-learn's sampler tags when it is installed, else scikit-learn's.
+
+    imbalanced-learn (an optional dependency) reads its own tag classes for
+    samplers: a selector declares itself a sampler that reports
+    ``sample_indices_`` and accepts DataFrames.
+    """
+    try:
+        from imblearn.utils._tags import InputTags, SamplerTags, Tags
+    except ImportError:
         return tags
+    inputs = InputTags(
+        **{f: getattr(tags.input_tags, f) for f in tags.input_tags.__slots__
+           if hasattr(tags.input_tags, f)}
+    )
+    inputs.dataframe = True
+    out = Tags(
+        estimator_type="sampler",
+        target_tags=tags.target_tags,
+        transformer_tags=None,
+        classifier_tags=None,
+        regressor_tags=None,
+        sampler_tags=SamplerTags(sample_indices=True),
+    )
+    for name in ("array_api_support", "no_validation", "non_deterministic",
+                 "requires_fit", "_skip_test"):
+        setattr(out, name, getattr(tags, name))
+    out.input_tags = inputs
+    return out
+
+
+def check_cv_classes(y, cv, classes, *, where="", hint="lower cv"):
+    """Raise unless every class present in ``y`` has at least ``cv`` samples.
+
+    The one place that says so for every cross-fitting selector.
+
+    Parameters
+    ----------
+    y : ndarray of int
+        Encoded labels of the samples that are split into folds.
+    cv : int
+        Number of stratified folds.
+    classes : ndarray
+        Original labels, for the message.
+    where : str, default=""
+        Which samples (e.g. ``" among the target samples"``).
+    hint : str, default="lower cv"
+        How to fix it.
+    """
+    counts = np.bincount(y, minlength=len(classes))
+    present = np.flatnonzero(counts)
+    smallest = present[np.argmin(counts[present])]
+    if counts[smallest] < cv:
+        raise ValueError(
+            f"Class {classes.tolist()[smallest]!r} has {counts[smallest]} samples"
+            f"{where}, fewer than cv={cv} folds; {hint}."
+        )
 
 
 def _take(data, idx):
@@ -260,15 +371,12 @@ def _take(data, idx):
         return data.iloc[idx]
     if isinstance(data, np.ndarray):
         return data[idx]
-    try:
-        import torch
+    import torch
 
-        if isinstance(data, torch.Tensor):
-            return data[torch.as_tensor(idx, dtype=torch.long)]
-        if isinstance(data, torch.utils.data.Dataset):
-            return Subset(data, idx.tolist())
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
+    if isinstance(data, torch.Tensor):
+        return data[torch.as_tensor(idx, dtype=torch.long)]
+    if isinstance(data, torch.utils.data.Dataset):
+        return Subset(data, idx.tolist())
     if isinstance(data, list):
         return [data[i] for i in idx]
     return np.asarray(data)[idx]

@@ -1,15 +1,27 @@
 """Validation, device and seeding utilities."""
 
-from ._device import resolve_device, torch_generator, torch_seed
-from ._validation import check_fraction_or_int, check_X, check_Xy, check_y, is_dataset
+from ._device import resolve_device, seeded, torch_generator, torch_seed
+from ._threads import flush_denormal, limit_threads
+from ._validation import (
+    check_sample_domain,
+    check_X,
+    check_y,
+    is_dataset,
+    resolve_count,
+    validate_X,
+)
 
 __all__ = [
     "check_X",
-    "check_Xy",
-    "check_fraction_or_int",
+    "check_sample_domain",
     "check_y",
+    "flush_denormal",
     "is_dataset",
+    "limit_threads",
+    "resolve_count",
     "resolve_device",
+    "seeded",
     "torch_generator",
     "torch_seed",
+    "validate_X",
 ]

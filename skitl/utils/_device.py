@@ -1,4 +1,9 @@
-"""Device and seeding helpers shared by every floor of skitl."""
+"""Device and seeding helpers shared by every floor of skitl.
+
+The one place where a scikit-learn ``random_state`` becomes torch randomness.
+"""
+
+import contextlib
 
 import numpy as np
 import torch
@@ -54,3 +59,32 @@ def torch_generator(random_state):
     gen = torch.Generator()
     gen.manual_seed(torch_seed(random_state))
     return gen
+
+
+@contextlib.contextmanager
+def seeded(random_state, device="cpu"):
+    """Seed torch's global generators for a block, then restore them.
+
+    Parameters
+    ----------
+    random_state : int, RandomState instance or None
+        Turned into a torch seed with :func:`torch_seed`.
+    device : str or torch.device, default="cpu"
+        A CUDA device's generator is seeded (and restored) too.
+
+    Yields
+    ------
+    seed : int
+        The torch seed used.
+    """
+    seed = torch_seed(random_state)
+    devices = []
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index
+        devices = [torch.cuda.current_device() if index is None else index]
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        for d in devices:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        yield seed

@@ -1,36 +1,87 @@
 """Input validation shared by the classifier, the selectors and the engine.
 
-Every public entry point funnels its inputs through these functions, so a bad
-array gets the same clear message wherever it is passed.
+Arrays go through scikit-learn's own validation (``check_array`` /
+``validate_data`` with ``allow_nd=True``), so a bad array gets scikit-learn's
+message wherever it is passed; skitl only adds what networks need on top (a
+C-contiguous float32 copy, uint8 images scaled to ``[0, 1]``) and the checks
+a torch ``Dataset`` needs, which scikit-learn cannot inspect.
 """
 
 import numbers
 
 import numpy as np
-import scipy.sparse as sp
 import torch
+from sklearn.utils import check_array, column_or_1d
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_consistent_length, validate_data
 from torch.utils.data import Dataset
 
 
 def is_dataset(X):
     """Whether ``X`` is a torch ``Dataset`` (or a dataset-like view such as
-    skorch's ``SliceDataset``) rather than an array or tensor."""
+    skorch's ``SliceDataset``) rather than an array or tensor.
+
+    Parameters
+    ----------
+    X : object
+
+    Returns
+    -------
+    bool
+    """
     return not isinstance(X, (np.ndarray, torch.Tensor)) and (
         isinstance(X, Dataset)
         or (hasattr(X, "__getitem__") and hasattr(X, "__len__") and hasattr(X, "dataset"))
     )
 
 
+def _untorch(X):
+    # check_array cannot read tensors that require grad or live on a GPU.
+    if isinstance(X, torch.Tensor):
+        return X.detach().cpu().numpy()
+    return X
+
+
+def _as_network_input(X, name):
+    """float32, C-contiguous; uint8 images scaled to [0, 1]."""
+    if X.dtype == np.uint8:
+        X = X.astype(np.float32) / np.float32(255.0)
+    elif X.dtype != np.float32:
+        wide = X.dtype.kind == "f" and X.dtype.itemsize > 4
+        X = X.astype(np.float32)
+        # finite float64 beyond float32's range becomes inf on the cast
+        if wide and not np.isfinite(X).all():
+            raise ValueError(
+                f"{name} holds values beyond the float32 range (|x| > 3.4e38); "
+                "networks compute in float32, rescale the input."
+            )
+    return np.ascontiguousarray(X)
+
+
+def _check_dataset(X, name, min_samples):
+    if len(X) < min_samples:
+        raise ValueError(f"{name} has {len(X)} samples; at least {min_samples} required.")
+    return X
+
+
+_ARRAY_CHECKS = dict(
+    accept_sparse=False, allow_nd=True, dtype="numeric", ensure_all_finite=True,
+)
+
+
 def check_X(X, *, name="X", allow_dataset=True, min_samples=1):
     """Validate network input and convert arrays to contiguous float32.
+
+    Arrays are checked by :func:`sklearn.utils.check_array` (dense, numeric,
+    finite, at least 2-D, ``allow_nd=True``); a torch ``Dataset`` (or skorch
+    ``SliceDataset``) is passed through after a length check.
 
     Parameters
     ----------
     X : array-like, torch.Tensor, pandas object or torch Dataset
         Images of shape ``(N, C, H, W)`` (float, or uint8 which is scaled to
         ``[0, 1]``), 2-D feature arrays for MLP modules, or any array with at
-        least two dimensions whose first axis indexes samples. A torch
-        ``Dataset`` (or skorch ``SliceDataset``) is passed through unchanged.
+        least two dimensions whose first axis indexes samples.
     name : str, default="X"
         Name used in error messages.
     allow_dataset : bool, default=True
@@ -46,174 +97,167 @@ def check_X(X, *, name="X", allow_dataset=True, min_samples=1):
     Raises
     ------
     ValueError
-        For empty input, fewer than two dimensions, NaN or infinite values,
-        complex arrays.
+        Empty input, one dimension, NaN or infinite values, complex or string
+        data (scikit-learn's messages).
     TypeError
-        For sparse matrices, string arrays, object arrays holding anything but
-        numbers, or an unsupported type.
+        Sparse matrices, or a Dataset where ``allow_dataset=False``.
     """
     if is_dataset(X):
         if not allow_dataset:
             raise TypeError(f"{name} must be an array here, got a {type(X).__name__}.")
-        if len(X) < min_samples:
-            raise ValueError(
-                f"{name} has {len(X)} samples; at least {min_samples} required."
-            )
+        return _check_dataset(X, name, min_samples)
+    X = check_array(
+        _untorch(X), ensure_min_samples=min_samples, input_name=name, **_ARRAY_CHECKS
+    )
+    return _as_network_input(X, name)
+
+
+def validate_X(estimator, X, *, reset, min_samples=1):
+    """:func:`check_X` for an estimator: records or checks ``n_features_in_``.
+
+    Arrays go through :func:`sklearn.utils.validation.validate_data`, which
+    sets (``reset=True``) or checks ``n_features_in_`` (``X.shape[1]``: the
+    number of features of 2-D input, the number of channels of images) and
+    ``feature_names_in_``. For a ``Dataset``, ``n_features_in_`` is the first
+    dimension of its first sample and any ``feature_names_in_`` of an earlier
+    fit is removed.
+
+    Parameters
+    ----------
+    estimator : BaseEstimator
+    X : array-like or Dataset
+    reset : bool
+        True in ``fit``, False afterwards.
+    min_samples : int, default=1
+
+    Returns
+    -------
+    X : ndarray of float32 or Dataset
+    """
+    if is_dataset(X):
+        X = _check_dataset(X, "X", min_samples)
+        if reset:
+            if hasattr(estimator, "feature_names_in_"):
+                del estimator.feature_names_in_
+            estimator.n_features_in_ = _dataset_n_features(X)
         return X
-    if sp.issparse(X):
-        raise TypeError(
-            f"Sparse input is not supported ({name}); convert it with {name}.toarray()."
-        )
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    elif hasattr(X, "to_numpy") and hasattr(X, "shape"):  # pandas
-        X = X.to_numpy()
-    try:
-        X = np.asarray(X)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
-    if X.dtype.kind == "c":
-        raise ValueError(f"Complex data not supported: {name} has dtype {X.dtype}.")
-    if X.dtype == object:  # numbers stored as objects are fine
-        try:
-            X = X.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"{name} has dtype object with non-numeric values ({exc}); skitl "
-                "needs numeric arrays (float or uint8 images, or float features)."
-            ) from exc
-    if X.dtype.kind in "USVOcM":
-        raise TypeError(
-            f"{name} has dtype {X.dtype}; skitl needs numeric arrays "
-            "(float or uint8 images, or float features)."
-        )
-    if X.ndim < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dimensions (samples first), got an "
-            f"array of shape {X.shape}. Reshape 1-D data with X.reshape(-1, 1)."
-        )
-    if X.shape[0] < min_samples:
-        raise ValueError(
-            f"{name} has {X.shape[0]} samples (shape {X.shape}); at least "
-            f"{min_samples} required."
-        )
-    if X.ndim == 2 and X.shape[1] == 0:
-        raise ValueError(
-            f"{name} is empty: 0 feature(s) (shape={X.shape}) while a minimum of 1 "
-            "is required."
-        )
-    if X.size == 0:
-        raise ValueError(f"{name} is empty (shape {X.shape}).")
-    if X.dtype == np.uint8:
-        X = X.astype(np.float32) / np.float32(255.0)
-    elif X.dtype == np.bool_ or X.dtype.kind in "iu":
-        X = X.astype(np.float32)
-    elif X.dtype != np.float32:
-        X = X.astype(np.float32)
-    if not np.isfinite(X).all():
-        n_nan = int(np.isnan(X).sum())
-        n_inf = int(np.isinf(X).sum())
-        raise ValueError(
-            f"{name} contains {n_nan} NaN and {n_inf} infinite values; "
-            "clean or impute them first."
-        )
-    return np.ascontiguousarray(X)
+    X = validate_data(
+        estimator, _untorch(X), reset=reset, ensure_min_samples=min_samples,
+        **_ARRAY_CHECKS,
+    )
+    return _as_network_input(X, "X")
 
 
-def check_y(y, *, name="y", n_samples=None):
-    """Validate a label vector.
+def _dataset_n_features(X):
+    item = X[0]
+    x = item[0] if isinstance(item, (tuple, list)) else item
+    shape = tuple(np.shape(x)) if not hasattr(x, "getbands") else (len(x.getbands()),)
+    return int(shape[0]) if shape else 1
+
+
+def check_y(y, *, name="y", n_samples=None, classification=True):
+    """Validate a label vector with scikit-learn's checks.
 
     Parameters
     ----------
     y : array-like of shape (n_samples,)
-        Class labels of any hashable type (ints, strings, ...).
+        Class labels of any hashable type (ints, strings, ...); a column
+        vector is raveled with a ``DataConversionWarning``.
     name : str, default="y"
         Name used in error messages.
     n_samples : int, optional
         Expected length (the number of samples in X).
+    classification : bool, default=True
+        Require class labels (not continuous or multi-output targets).
 
     Returns
     -------
     y : ndarray of shape (n_samples,)
     """
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().numpy()
-    elif hasattr(y, "to_numpy"):
-        y = y.to_numpy()
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y.ravel()
-    if y.ndim != 1:
-        raise ValueError(
-            f"{name} must be 1-D (one label per sample), got shape {y.shape}."
-        )
+    y = column_or_1d(_untorch(y), warn=True, input_name=name)
     if y.shape[0] == 0:
         raise ValueError(f"{name} is empty.")
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise ValueError(f"{name} contains NaN or infinite labels.")
-    if y.dtype == object:
-        if any(v is None for v in y):
-            raise ValueError(f"{name} contains None labels.")
+    if y.dtype == object and any(v is None for v in y):
+        raise ValueError(f"{name} contains None labels.")
     if n_samples is not None and y.shape[0] != n_samples:
         raise ValueError(
             f"X and {name} have inconsistent lengths: {n_samples} samples in X "
             f"but {y.shape[0]} labels in {name}."
         )
+    if classification:
+        check_classification_targets(y)
     return y
 
 
-def check_Xy(X, y, *, min_classes=2):
-    """Validate a training pair: X as in :func:`check_X`, y as in :func:`check_y`.
+def check_sample_domain(sample_domain, n_samples):
+    """Validate ``sample_domain`` (skada's convention) and return the target mask.
 
     Parameters
     ----------
-    X : array-like or Dataset
-    y : array-like of shape (n_samples,)
-    min_classes : int, default=2
-        Fewest distinct classes accepted; classification needs two.
+    sample_domain : array-like of int of shape (n_samples,)
+        One domain label per sample: negative for the target domain(s),
+        positive for source / auxiliary domains; ``0`` is not a domain.
+    n_samples : int
 
     Returns
     -------
-    X, y
+    sample_domain : ndarray of int64
+    is_target : ndarray of bool
+        ``sample_domain < 0``.
+
+    Raises
+    ------
+    ValueError
+        Wrong length, non-integer values, a 0, or no target / no auxiliary
+        sample.
     """
-    X = check_X(X)
-    y = check_y(y, n_samples=len(X))
-    n_classes = len(np.unique(y))
-    if n_classes < min_classes:
+    sd = column_or_1d(_untorch(sample_domain), input_name="sample_domain")
+    check_consistent_length(np.empty(n_samples), sd)
+    if sd.dtype.kind == "f" and np.isfinite(sd).all() and np.all(sd == np.round(sd)):
+        sd = sd.astype(np.int64)
+    if sd.dtype.kind not in "iu":
         raise ValueError(
-            f"y has {n_classes} class; at least {min_classes} classes are needed "
-            "to train a classifier."
+            "sample_domain must hold integers (negative = target, positive = "
+            f"source / auxiliary), got dtype {sd.dtype}."
         )
-    return X, y
+    sd = sd.astype(np.int64)
+    if (sd == 0).any():
+        raise ValueError(
+            "sample_domain contains 0; domains are negative (target) or positive "
+            "(source / auxiliary)."
+        )
+    is_target = sd < 0
+    if not is_target.any():
+        raise ValueError(
+            "sample_domain has no target sample (no negative value); mark the "
+            "target-domain samples with a negative domain, e.g. -1."
+        )
+    if is_target.all():
+        raise ValueError(
+            "sample_domain marks every sample as target (all negative); mark the "
+            "auxiliary samples with a positive domain, e.g. 1."
+        )
+    return sd, is_target
 
 
-def check_fraction_or_int(value, name, *, n=None, allow_none=True):
+def resolve_count(value, n):
     """Resolve an int-or-fraction parameter (like ``max_remove``) to a count.
+
+    The parameter's type and range are validated by the estimator's
+    ``_parameter_constraints``; this only turns a fraction into a count.
 
     Parameters
     ----------
     value : int, float in [0, 1) or None
-    name : str
-    n : int, optional
+    n : int
         Total count a fraction refers to.
-    allow_none : bool, default=True
 
     Returns
     -------
     count : int or None
     """
     if value is None:
-        if allow_none:
-            return None
-        raise ValueError(f"{name} must not be None.")
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a float, got a bool.")
+        return None
     if isinstance(value, numbers.Integral):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}.")
-        return int(value) if n is None else min(int(value), n)
-    if isinstance(value, numbers.Real):
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} as a fraction must be in [0, 1), got {value}.")
-        return None if n is None else int(np.floor(value * n))
-    raise TypeError(f"{name} must be an int, a float or None, got {value!r}.")
+        return min(int(value), n)
+    return int(np.floor(value * n))
