@@ -79,7 +79,7 @@ def test_batch_and_chunk_size_do_not_change_scores(data):
                                atol=1e-8 * np.abs(b.scores).max())
 
 
-@pytest.mark.filterwarnings("ignore:LiSSA stopped:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:LiSSA stopped")
 def test_lissa_and_arnoldi_approximate_cg(data):
     X, y, Xv, yv = data
     net = _mlp()
@@ -87,10 +87,10 @@ def test_lissa_and_arnoldi_approximate_cg(data):
     cg = deep_influence(net, X, y, Xv, yv, damping=lam, tol=1e-10, max_iter=1000)
     # Full-batch LiSSA converges to the CG solution; mini-batch LiSSA is a
     # noisy estimate of it.
-    li = deep_influence(net, X, y, Xv, yv, damping=lam, solver="lissa", depth=5000,
+    li = deep_influence(net, X, y, Xv, yv, damping=lam, solver="lissa", depth=1500,
                         lissa_batch_size=len(X))
     assert pearsonr(li.scores, cg.scores)[0] > 0.999
-    li_mb = deep_influence(net, X, y, Xv, yv, damping=lam, solver="lissa", depth=3000,
+    li_mb = deep_influence(net, X, y, Xv, yv, damping=lam, solver="lissa", depth=1000,
                            lissa_batch_size=20, tol=0.0)
     assert pearsonr(li_mb.scores, cg.scores)[0] > 0.9
     # Arnoldi with a Krylov space as large as the parameter count is exact;
@@ -142,8 +142,10 @@ def test_cnn_ekfac_ggn_and_unsupported_layers(data):
     assert net.training  # mode restored
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k])
-    with pytest.raises(ValueError, match="BatchNorm2d"):
-        deep_influence(net, Xi, y, Xvi, yv, params="all", hessian="ekfac")
+    # BatchNorm parameters get a diagonal EK-FAC block.
+    ek_all = deep_influence(net, Xi, y, Xvi, yv, params="all", hessian="ekfac",
+                            damping=0.1, n_label_samples=4)
+    assert np.isfinite(ek_all.scores).all() and ek_all.residual < 1.0
     ident = deep_influence(net, Xi, y, Xvi, yv, params=["fc.*"], hessian="identity")
     assert ident.damping == 0.0 and np.isfinite(ident.scores).all()
 
@@ -158,11 +160,172 @@ def test_parameter_selection_and_errors(data):
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         deep_influence(net, bad, y, Xv, yv)
-    with pytest.raises(RuntimeError, match="curvature|residual"):
-        # The exact Hessian of a non-minimum with a negative damping-free
-        # spectrum: CG must refuse rather than return garbage.
-        deep_influence(net, X, y, Xv, yv, hessian="exact", damping=0.0, max_iter=3,
-                       on_failure="raise", tol=1e-12)
-    res = influence_scores(net, X, y, Xv, yv, params=["2.*"], damping=0.01)
+    res = influence_scores(net, X, y, Xv, yv, params=["2.*"], hessian="ggn", damping=0.01)
     assert res.hessian == "ggn" and res.params == ["2.weight", "2.bias"]
     assert np.isfinite(res.scores).all() and res.damping == 0.01
+
+
+def test_module_names_select_like_freeze(data):
+    # The same pattern rule as freeze= / reinit=: a module name selects
+    # everything under it (this raised "matches no parameter" before).
+    net = _CNN()
+    assert select_parameters(net, ["fc"]) == ["fc.weight", "fc.bias"]
+    assert select_parameters(net, "conv") == ["conv.weight", "conv.bias"]
+    assert select_parameters(net, ["bn", "fc.weight"]) == ["bn.weight", "bn.bias",
+                                                           "fc.weight"]
+
+
+def test_same_alpha_same_scores_from_both_entry_points(data):
+    X, y, Xv, yv = data
+    net = _mlp()
+    kw = dict(params=["2"], hessian="ggn", damping=0.01, tol=1e-10, max_iter=500)
+    a = deep_influence(net, X, y, Xv, yv, alpha=0.5, **kw)
+    b = influence_scores(net, X, y, Xv, yv, alpha=0.5, **kw)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-12)
+    # alpha is part of the Hessian: another alpha, other scores.
+    c = deep_influence(net, X, y, Xv, yv, alpha=0.0, **kw)
+    assert np.abs(c.scores - a.scores).max() > 1e-3 * np.abs(a.scores).max()
+
+
+def test_deep_alpha_is_the_head_objective(data):
+    # On the head alone, with the exact Hessian, the deep path at the fitted
+    # head is the head path: same objective (alpha on weights, bias not
+    # penalised), so the same scores.
+    X, y, Xv, yv = data
+    net = _mlp(torch.float32)
+    alpha = 0.05
+    head = influence_scores(net, X, y, Xv, yv, params="head", alpha=alpha)
+    assert head.damping == 0.0
+    fitted = _mlp(torch.float32)
+    with torch.no_grad():
+        fitted[2].weight.copy_(torch.as_tensor(head.W))
+        fitted[2].bias.copy_(torch.as_tensor(head.b))
+    deep = influence_scores(fitted, X, y, Xv, yv, params=["2"], hessian="exact",
+                            alpha=alpha, damping=0.0, tol=1e-5, max_iter=1000)
+    assert deep.hessian == "exact" and deep.residual < 1e-5
+    np.testing.assert_allclose(deep.scores, head.scores, rtol=1e-3,
+                               atol=1e-3 * np.abs(head.scores).max())
+    # Penalising the bias too would be another objective: visibly other scores.
+    wrong = head_influence_with_bias_penalty(fitted, X, y, Xv, yv, alpha)
+    assert np.abs(wrong - head.scores).max() > 1e-2 * np.abs(head.scores).max()
+
+
+def head_influence_with_bias_penalty(net, X, y, Xv, yv, alpha):
+    # The deep path's exact scores with alpha on the bias as well: damping
+    # alpha on every coordinate of the head, alpha removed from the weights.
+    from skitl.influence._deep_solvers import CGSolver
+    from skitl.influence._operator import CurvatureOperator, _Data, _Model
+
+    model = _Model(net, ["2.weight", "2.bias"], "cpu")
+    op = CurvatureOperator(model, _Data(X, y, "cpu", torch.float32), hessian="exact",
+                           alpha=0.0, batch_size=256)
+    g = op.mean_gradient(_Data(Xv, yv, "cpu", torch.float32), np.full(len(yv), 1 / len(yv)))
+    s = CGSolver(op, alpha, tol=1e-5, max_iter=1000).solve(g)
+    return op.directional_derivatives(_Data(X, y, "cpu", torch.float32), s, 64) / len(y)
+
+
+def test_exact_hessian_is_exact_and_refuses_indefinite(data):
+    X, y, Xv, yv = data
+    net = _mlp()
+    # "exact" through influence_scores is the exact Hessian (it was silently
+    # the GGN before): it matches the explicit inverse of the exact Hessian.
+    expected = _explicit_scores(net, X, y, Xv, yv, 0.05)
+    res = influence_scores(net, X, y, Xv, yv, params="all", hessian="exact",
+                           damping=0.05, alpha=0.0, tol=1e-12, max_iter=2000)
+    assert res.hessian == "exact"
+    np.testing.assert_allclose(res.scores, expected, rtol=1e-6,
+                               atol=1e-6 * np.abs(expected).max())
+    with pytest.raises(TypeError, match="exact_deep"):
+        influence_scores(net, X, y, Xv, yv, params="all", exact_deep=True)
+    # Away from a minimum the undamped exact Hessian is indefinite: a clear
+    # error that names the fix.
+    torch.manual_seed(3)
+    raw = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10)).double()
+    with pytest.raises(RuntimeError, match="hessian='ggn'"):
+        deep_influence(raw, X, y, Xv, yv, hessian="exact", damping=0.0, max_iter=200,
+                       tol=1e-12)
+
+
+@pytest.mark.parametrize("hessian, solver, opts", [
+    ("ggn", "cg", {}),
+    ("ggn", "lissa", {"depth": 50}),
+    ("ggn", "arnoldi", {"n_iter": 20, "rank": 10}),
+    ("ekfac", "cg", {}),
+    ("identity", "cg", {}),
+])
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_result_schema_and_measured_residual(data, hessian, solver, opts):
+    X, y, Xv, yv = data
+    net = _mlp(torch.float32)
+    res = deep_influence(net, X, y, Xv, yv, hessian=hessian, solver=solver, **opts)
+    assert isinstance(res.damping, float) and res.damping >= 0
+    assert isinstance(res.solver, str) and isinstance(res.n_iter, int)
+    assert isinstance(res.residual, float) and np.isfinite(res.residual)
+    assert res.info["passes"] >= (0 if hessian == "identity" else 1)
+    if hessian == "identity":
+        assert res.residual == 0.0 and res.solver == "none"
+    elif hessian == "ggn" and solver == "cg":
+        assert res.residual <= 1e-3 and res.damping > 0
+    else:  # measured against the damped GGN: approximate inverses are not exact
+        assert res.residual > 1e-6 and res.damping > 0
+
+
+def test_convergence_warning_when_max_iter_is_too_small(data):
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y, Xv, yv = data
+    net = _mlp()
+    with pytest.warns(ConvergenceWarning, match="CG stopped after 2 iterations"):
+        res = deep_influence(net, X, y, Xv, yv, damping=1e-4, max_iter=2, tol=1e-10)
+    assert res.n_iter == 2 and res.residual > 1e-10
+    with pytest.raises(RuntimeError, match="CG stopped"):
+        deep_influence(net, X, y, Xv, yv, damping=1e-4, max_iter=2, tol=1e-10,
+                       on_failure="raise")
+
+
+def test_default_cg_converges_without_warning(data, recwarn):
+    X, y, Xv, yv = data
+    res = deep_influence(_mlp(torch.float32), X, y, Xv, yv)
+    assert res.residual <= 1e-3 and res.solver == "cg"
+    assert not [w for w in recwarn if "CG stopped" in str(w.message)]
+
+
+def test_solver_classes_on_one_operator(data):
+    # The solver classes all take the same operator and expose solve(g).
+    from skitl.influence._deep_solvers import (
+        ArnoldiSolver,
+        CGSolver,
+        EKFACSolver,
+        IdentitySolver,
+    )
+    from skitl.influence._operator import CurvatureOperator, _Data, _Model
+
+    X, y, _, _ = data
+    net = _mlp()
+    model = _Model(net, select_parameters(net, "all"), "cpu")
+    op = CurvatureOperator(model, _Data(X, y, "cpu", torch.float64), hessian="ggn",
+                           alpha=0.1, batch_size=32)
+    g = torch.randn(op.dim, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    cg = CGSolver(op, 0.05, tol=1e-12, max_iter=1000)
+    s = cg.solve(g)
+    assert cg.residual_ < 1e-10
+    ar = ArnoldiSolver(op, 0.05, n_iter=op.dim, rank=op.dim)
+    np.testing.assert_allclose(ar.solve(g).numpy(), s.numpy(), rtol=1e-5, atol=1e-7)
+    assert ar.residual_ < 1e-5
+    ek = EKFACSolver(op, 0.05)
+    assert 0 < ek.solve(g).norm() and np.isfinite(ek.residual_)
+    ident = IdentitySolver(op, 0.0)
+    assert torch.equal(ident.solve(g), g) and ident.residual_ == 0.0
+
+
+def test_engine_does_not_import_peers():
+    # kronfluence and captum are benchmark-only peers, never dependencies.
+    import subprocess
+    import sys
+
+    code = ("import sys, skitl, skitl.influence; "
+            "print(sorted(m for m in ('kronfluence', 'captum') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

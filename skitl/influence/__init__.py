@@ -1,7 +1,7 @@
 """The influence engine: which training samples help or hurt the validation loss.
 
-Function-level API, independent of scikit-learn estimators. Sign convention
-(DESIGN.md §1): ``scores[i]`` is the predicted *increase* of the mean
+Function-level API, independent of scikit-learn estimators. Sign convention:
+``scores[i]`` is the predicted *increase* of the mean
 validation loss if training sample ``i`` is removed; positive = helpful,
 negative = harmful.
 """
@@ -12,6 +12,7 @@ from ._deep import deep_influence, select_parameters
 from ._ekfac import EKFAC
 from ._features import extract_features
 from ._head import choose_solver, fit_head, head_influence, predict_proba_head
+from ._prefix import PrefixCache, prefix_cache
 from ._results import CrossFitResult, InfluenceResult
 from ._solvers import arnoldi, arnoldi_solve, conjugate_gradient, lissa, power_iteration
 
@@ -19,6 +20,7 @@ __all__ = [
     "EKFAC",
     "CrossFitResult",
     "InfluenceResult",
+    "PrefixCache",
     "arnoldi",
     "arnoldi_solve",
     "choose_solver",
@@ -32,6 +34,7 @@ __all__ = [
     "lissa",
     "power_iteration",
     "predict_proba_head",
+    "prefix_cache",
     "select_parameters",
     "trim_weights",
 ]

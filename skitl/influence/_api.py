@@ -52,14 +52,16 @@ def influence_scores(net, X_train, y_train, X_val, y_val, *, params="head",
     head : str, optional
         Dotted name of the classification layer (found automatically).
     alpha : float, default=1e-3
-        L2 strength of the head objective (head path). The deep path
-        analyses the network's own objective; an L2 term there is passed
-        as ``deep_alpha`` (default 0).
+        L2 strength of the objective ``(1/n) Σ L_i + (alpha/2) ‖θ_w‖²`` on
+        both paths, where ``θ_w`` are the analysed weights: biases are not
+        penalised. Head path: the objective of the head fit. Deep path:
+        ``+ alpha`` on the Hessian's diagonal for every analysed weight, as
+        :func:`deep_influence` with the same ``alpha``.
     hessian : str, default="exact"
-        Head: ``"exact"`` or ``"identity"``. Deep: ``"ggn"``, ``"exact"``,
-        ``"ekfac"`` or ``"identity"`` (``"exact"`` here means ``"ggn"`` unless
-        ``exact_deep=True`` is passed, because the exact Hessian at a
-        non-minimum is usually indefinite).
+        Head: ``"exact"`` or ``"identity"``. Deep: ``"ggn"``, ``"exact"``
+        (exact Hessian-vector products; an error naming ``"ggn"`` when the
+        damped exact Hessian is not positive definite, as it often is away
+        from a minimum), ``"ekfac"`` or ``"identity"``.
     damping : "auto" or float, default="auto"
     val_weights : array-like of shape (m,), optional
         Weights of the validation samples (see ``trim_weights``).
@@ -103,14 +105,9 @@ def influence_scores(net, X_train, y_train, X_val, y_val, *, params="head",
     if params != "head":
         from ._deep import deep_influence
 
-        if solver == "auto":
-            solver = "cg"
-        deep_hessian = hessian
-        if hessian == "exact" and not kw.pop("exact_deep", False):
-            deep_hessian = "ggn"
         return deep_influence(
-            net, X_train, y_train, X_val, y_val, params=params, hessian=deep_hessian,
-            solver=solver, damping=damping, alpha=kw.pop("deep_alpha", 0.0),
+            net, X_train, y_train, X_val, y_val, params=params, hessian=hessian,
+            solver="cg" if solver == "auto" else solver, damping=damping, alpha=alpha,
             val_weights=val_weights, batch_size=batch_size, device=device,
             verbose=verbose, **kw)
     head_name = find_head(net, head)

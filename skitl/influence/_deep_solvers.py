@@ -1,0 +1,219 @@
+"""One class per inverse-Hessian solver of the deep path.
+
+Each takes the :class:`~skitl.influence._operator.CurvatureOperator` and a
+damping, and exposes ``solve(g) -> s ≈ (H + damping I)⁻¹ g``. After ``solve``:
+``n_iter_`` (iterations, 0 for explicit inverses), ``residual_`` (the measured
+relative residual ``‖(H + damping I) s − g‖ / ‖g‖`` against the operator, one
+extra pass over the training data for the approximate inverses) and
+``info_`` (solver extras). A new solver is one more class here.
+"""
+
+import math
+import warnings
+
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from ._ekfac import EKFAC
+from ._solvers import arnoldi, arnoldi_solve, conjugate_gradient, lissa
+
+
+class _Solver:
+    name = ""
+
+    def __init__(self, operator, damping, *, measure_residual=True):
+        self.operator = operator
+        self.damping = float(damping)
+        self.measure_residual = measure_residual
+        self.n_iter_ = 0
+        self.residual_ = float("nan")
+        self.info_ = {}
+
+    def _measure(self, s, g):
+        if self.measure_residual:
+            self.residual_ = self.operator.relative_residual(s, g, self.damping)
+
+
+class IdentitySolver(_Solver):
+    """``H = I``: scores are gradient similarities (TracIn with one checkpoint).
+
+    The solve is exact, so the residual is 0.
+    """
+
+    name = "none"
+
+    def solve(self, g):
+        self.residual_ = 0.0
+        return g
+
+
+class EKFACSolver(_Solver):
+    """Explicit inverse of the EK-FAC approximation of the GGN.
+
+    Parameters
+    ----------
+    operator : CurvatureOperator
+    damping : float or "auto"
+        ``"auto"``: 0.1 times the mean EK-FAC eigenvalue (kronfluence's default).
+    n_label_samples : int, default=1
+    generator : torch.Generator, optional
+    measure_residual : bool, default=True
+        Measure the residual against the damped GGN operator (one pass).
+    """
+
+    name = "ekfac"
+
+    def __init__(self, operator, damping, *, n_label_samples=1, generator=None,
+                 measure_residual=True, ekfac=None):
+        self.ekfac = ekfac or EKFAC(operator, n_label_samples=n_label_samples,
+                                    generator=generator).fit(verbose=operator.verbose)
+        if damping == "auto":
+            damping = 0.1 * self.ekfac.mean_eigenvalue()
+        super().__init__(operator, damping, measure_residual=measure_residual)
+        self.info_["mean_eigenvalue"] = self.ekfac.mean_eigenvalue()
+
+    def solve(self, g):
+        s = self.ekfac.inverse(g, self.damping + self.operator.alpha)
+        self._measure(s, g)
+        return s
+
+
+class CGSolver(_Solver):
+    """Conjugate gradient on the damped operator, optionally EK-FAC preconditioned.
+
+    Parameters
+    ----------
+    operator : CurvatureOperator
+    damping : float
+    tol : float, default=1e-4
+        Relative residual to reach.
+    max_iter : int, default=100
+    preconditioner : EKFAC or None
+        Its damped inverse is used as the preconditioner.
+    on_failure : {"warn", "raise"}, default="warn"
+        What to do when ``tol`` is not reached: a ``ConvergenceWarning`` or a
+        ``RuntimeError``.
+    """
+
+    name = "cg"
+
+    def __init__(self, operator, damping, *, tol=1e-4, max_iter=100, preconditioner=None,
+                 on_failure="warn"):
+        super().__init__(operator, damping)
+        if on_failure not in ("warn", "raise"):
+            raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}.")
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
+        self.preconditioner = preconditioner
+        self.on_failure = on_failure
+
+    def solve(self, g):
+        op = self.operator
+        lam = self.damping
+        pre = None
+        if self.preconditioner is not None:
+            ek = self.preconditioner
+            pre = lambda r: ek.inverse(r, lam + op.alpha)  # noqa: E731
+        s, info = conjugate_gradient(op.damped(lam), g, tol=self.tol,
+                                     max_iter=self.max_iter, preconditioner=pre,
+                                     verbose=op.verbose, raise_on_failure=False)
+        self.n_iter_ = info["n_iter"]
+        if info["negative_curvature"] or not math.isfinite(info["residual"]):
+            raise RuntimeError(
+                f"CG met non-positive curvature at iteration {info['n_iter']}: the "
+                f"damped {op.hessian} Hessian (damping {lam:.3g}) is not positive "
+                "definite at these parameters (common away from a minimum). Use "
+                "hessian='ggn' (always positive semi-definite) or a larger damping.")
+        self.residual_ = op.relative_residual(s, g, lam)
+        self.info_["recursion_residual"] = info["residual"]
+        # The recursion can go below the precision at which the true residual
+        # can be evaluated in float32; judge against that floor.
+        floor = 50 * torch.finfo(g.dtype).eps
+        if self.residual_ > max(self.tol, floor):
+            msg = (f"CG stopped after {self.n_iter_} iterations at relative residual "
+                   f"{self.residual_:.2e} > tol={self.tol:g} (damping {lam:.3g}); raise "
+                   "max_iter or damping.")
+            if self.on_failure == "raise":
+                raise RuntimeError(msg)
+            warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+        return s
+
+
+class LiSSASolver(_Solver):
+    """LiSSA: Neumann series on mini-batch Hessians.
+
+    Parameters
+    ----------
+    operator : CurvatureOperator
+    damping : float
+    depth : int, default=1000
+    scale : float, optional
+        Must exceed the largest eigenvalue; estimated when omitted.
+    batch_size : int, optional
+        Mini-batch of each step (the operator's by default).
+    tol : float, default=1e-8
+    generator : torch.Generator, optional
+    """
+
+    name = "lissa"
+
+    def __init__(self, operator, damping, *, depth=1000, scale=None, batch_size=None,
+                 tol=1e-8, generator=None):
+        super().__init__(operator, damping)
+        self.depth, self.scale, self.tol = int(depth), scale, tol
+        self.batch_size = batch_size or operator.batch_size
+        self.generator = generator
+
+    def solve(self, g):
+        op = self.operator
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            s, info = lissa(op.minibatch_matvecs(self.batch_size), g, damping=self.damping,
+                            depth=self.depth, scale=self.scale, tol=self.tol,
+                            generator=self.generator, verbose=op.verbose)
+        self.n_iter_ = info["n_iter"]
+        self.info_.update(info)
+        self._measure(s, g)
+        if caught:
+            warnings.warn(f"{caught[0].message} Measured relative residual "
+                          f"{self.residual_:.2e}.", ConvergenceWarning, stacklevel=4)
+        return s
+
+
+class ArnoldiSolver(_Solver):
+    """Low-rank inverse from the top eigenpairs found by Arnoldi iteration.
+
+    Parameters
+    ----------
+    operator : CurvatureOperator
+    damping : float
+    n_iter : int, default=100
+        Krylov dimension (one pass over the training data each).
+    rank : int, default=20
+    generator : torch.Generator, optional
+    """
+
+    name = "arnoldi"
+
+    def __init__(self, operator, damping, *, n_iter=100, rank=20, generator=None):
+        super().__init__(operator, damping)
+        self.k, self.rank, self.generator = int(n_iter), int(rank), generator
+
+    def solve(self, g):
+        op = self.operator
+        evals, evecs = arnoldi(op.matvec, g, n_iter=self.k, rank=self.rank,
+                               generator=self.generator, verbose=op.verbose)
+        keep = evals + self.damping > 0
+        if not bool(keep.all()):
+            warnings.warn(
+                f"Arnoldi dropped {int((~keep).sum())} eigenpairs with eigenvalue + "
+                "damping <= 0 (indefinite Hessian); use hessian='ggn'.",
+                RuntimeWarning, stacklevel=4)
+        s = arnoldi_solve(evals[keep], evecs[keep], g, damping=self.damping)
+        self.n_iter_ = len(evals)
+        self.info_["eigenvalues"] = evals.cpu().numpy()
+        self._measure(s, g)
+        return s
+
+
+SOLVERS = {"cg": CGSolver, "lissa": LiSSASolver, "arnoldi": ArnoldiSolver}
