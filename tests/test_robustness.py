@@ -984,3 +984,54 @@ def test_standalone_selector_with_factory_network_repeatable(blobs):
         return sel.fit(X, y).scores_
 
     np.testing.assert_array_equal(scores(), scores())
+
+
+@pytest.mark.parametrize("random_state", [0, "instance", None],
+                         ids=["int", "RandomState", "None"])
+def test_selector_analyses_the_network_the_classifier_fine_tunes(blobs, random_state):
+    """The classifier is the one place that builds and seeds its network: its
+    selector analyses exactly the network it then fine-tunes, also when
+    random_state is a RandomState instance (which fit advances) or None."""
+    X, y = blobs
+    rs = np.random.RandomState(3) if random_state == "instance" else random_state
+    clf = _clf(mlp4, strategy="linear_probe", random_state=rs,
+               selector=InfluenceSampleSelector(cv=3, random_state=0)).fit(X, y)
+    analysed = clf.selector_.network_.state_dict()
+    trained = clf.net_.module_.state_dict()
+    # the frozen backbone of a linear probe is the network as built
+    for key in ("0.weight", "0.bias"):
+        torch.testing.assert_close(analysed[key], trained[key], rtol=0, atol=0)
+
+
+def test_pretrained_network_does_not_advance_the_random_state():
+    rs = np.random.RandomState(5)
+    est = TransferClassifier(mlp4, random_state=rs)
+    state = rs.get_state()[1].copy()
+    a, _ = est._pretrained_network()
+    b, _ = est._pretrained_network()
+    np.testing.assert_array_equal(rs.get_state()[1], state)
+    torch.testing.assert_close(a.state_dict(), b.state_dict(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_weights_file_is_named(tmp_path, damage):
+    path = tmp_path / "weights.pt"
+    torch.save(mlp4().state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"x" * 100)
+    with pytest.raises(ValueError, match=r"Could not read the weights file .*weights\.pt"):
+        _clf(mlp4, weights=str(path)).fit(*_blobs())
+
+
+def test_refit_on_a_dataset_forgets_the_array_fit(blobs):
+    X, y = blobs
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    clf = _clf().fit(frame, y)
+    assert list(clf.feature_names_in_) == list("abcd")
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(X[:, :4]), torch.from_numpy(y))
+    clf.fit(ds)
+    assert not hasattr(clf, "feature_names_in_")
+    assert clf.n_features_in_ == 4
+    images = torch.utils.data.TensorDataset(torch.zeros(30, 1, 8, 8), torch.arange(30) % 3)
+    cnn = _clf(TinyCNN, max_epochs=1).fit(images)
+    assert cnn.n_features_in_ == 1  # channels, as for image arrays

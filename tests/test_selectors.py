@@ -212,3 +212,70 @@ def test_no_warning_on_normal_fit(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         InfluenceSampleSelector(alpha=1e-2, random_state=0).fit(X, y)
+
+
+def _schema_cases(X, y):
+    import torch.nn as nn
+
+    from skitl import TransferClassifier
+
+    def mlp():
+        return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+    est = TransferClassifier(mlp, random_state=0, device="cpu")
+    sd = np.where(np.arange(len(y)) % 2 == 0, -1, 1)
+    return {
+        "head_val": (InfluenceSampleSelector(alpha=1e-2), dict(X_val=X[:100], y_val=y[:100])),
+        "head_cross_fit": (InfluenceSampleSelector(alpha=1e-2, cv=3, random_state=0), {}),
+        "head_target": (InfluenceSampleSelector(alpha=1e-2, cv=3, random_state=0),
+                        dict(sample_domain=sd)),
+        "head_auto": (InfluenceSampleSelector(alpha=1e-2, cv=3, random_state=0,
+                                              max_remove="auto"), {}),
+        "network_head": (InfluenceSampleSelector(est, alpha=1e-2, cv=3, random_state=0), {}),
+        "deep_val": (InfluenceSampleSelector(est, params=["2"], hessian="ggn", alpha=1e-2),
+                     dict(X_val=X[:100], y_val=y[:100])),
+        "deep_cross_fit": (InfluenceSampleSelector(est, params=["2"], hessian="ggn",
+                                                   alpha=1e-2, cv=3, random_state=0), {}),
+    }
+
+
+def test_influence_info_has_one_schema(digits):
+    """influence_ has the same keys and types on every path."""
+    X, y = digits
+    keys = None
+    for name, (sel, kw) in _schema_cases(X, y).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            info = sel.fit(X, y, **kw).influence_
+        if keys is None:
+            keys = set(info)
+        assert set(info) == keys, name
+        assert isinstance(info["damping"], float) and info["damping"] >= 0, name
+        assert isinstance(info["residual"], float), name
+        assert isinstance(info["n_iter"], int), name
+        assert isinstance(info["solver"], str) and info["solver"], name
+        assert isinstance(info["per_fold"], list), name
+        assert info["n_folds"] == len(info["per_fold"]), name
+        assert info["params"], name
+    assert {"mode", "params", "hessian", "solver", "damping", "residual", "n_iter",
+            "n_folds", "per_fold", "seconds", "oof_proba", "oof_loss"} == keys
+
+
+def test_influence_info_names_the_real_head(digits):
+    import torch.nn as nn
+
+    from skitl import TransferClassifier
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(64, 16), nn.ReLU())
+            self.classifier = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.classifier(self.body(x))
+
+    X, y = digits
+    est = TransferClassifier(Net, random_state=0, device="cpu")
+    sel = InfluenceSampleSelector(est, alpha=1e-2, cv=3, random_state=0).fit(X, y)
+    assert sel.influence_["params"] == ["classifier.weight", "classifier.bias"]

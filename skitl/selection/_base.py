@@ -10,6 +10,7 @@ hide that nothing was pruned.
 """
 
 import numbers
+import sys
 import warnings
 from abc import abstractmethod
 
@@ -308,16 +309,18 @@ class BaseSelector(BaseEstimator):
 
 
 def _sampler_tags(tags):
-    """imbalanced-learn's sampler tags when it is installed, else scikit-learn's.
+    """imbalanced-learn's sampler tags when it is in use, else scikit-learn's.
 
     imbalanced-learn (an optional dependency) reads its own tag classes for
     samplers: a selector declares itself a sampler that reports
-    ``sample_indices_`` and accepts DataFrames.
+    ``sample_indices_`` and accepts DataFrames. It is never imported from
+    here: importing it changes scikit-learn's global list of metadata-routing
+    methods, which breaks ``clone`` of estimators configured before.
     """
-    try:
-        from imblearn.utils._tags import InputTags, SamplerTags, Tags
-    except ImportError:
+    if "imblearn" not in sys.modules:
         return tags
+    from imblearn.utils._tags import InputTags, SamplerTags, Tags
+
     inputs = InputTags(
         **{f: getattr(tags.input_tags, f) for f in tags.input_tags.__slots__
            if hasattr(tags.input_tags, f)}

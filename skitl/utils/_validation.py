@@ -189,7 +189,7 @@ def check_y(y, *, name="y", n_samples=None, classification=True):
     return y
 
 
-def check_sample_domain(sample_domain, n_samples):
+def check_sample_domain(sample_domain, n_samples, *, require_auxiliary=True):
     """Validate ``sample_domain`` (skada's convention) and return the target mask.
 
     Parameters
@@ -198,6 +198,8 @@ def check_sample_domain(sample_domain, n_samples):
         One domain label per sample: negative for the target domain(s),
         positive for source / auxiliary domains; ``0`` is not a domain.
     n_samples : int
+    require_auxiliary : bool, default=True
+        Whether at least one auxiliary (positive) sample is required.
 
     Returns
     -------
@@ -232,7 +234,7 @@ def check_sample_domain(sample_domain, n_samples):
             "sample_domain has no target sample (no negative value); mark the "
             "target-domain samples with a negative domain, e.g. -1."
         )
-    if is_target.all():
+    if require_auxiliary and is_target.all():
         raise ValueError(
             "sample_domain marks every sample as target (all negative); mark the "
             "auxiliary samples with a positive domain, e.g. 1."
