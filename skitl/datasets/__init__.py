@@ -7,7 +7,8 @@
   :func:`load_usps_h5`, :func:`read_idx`: their building blocks;
 - :func:`load_imagenet_to_cifar`: the paper's ImageNet -> CIFAR setting
   (torchvision download);
-- :func:`add_label_noise`: symmetric / asymmetric noise (DESIGN §4).
+- :func:`add_label_noise`: symmetric noise (a uniformly drawn wrong class)
+  or asymmetric class-pair flips, at an exact rate.
 """
 
 from ._digits import load_digits_transfer

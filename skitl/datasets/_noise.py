@@ -1,4 +1,4 @@
-"""Label-noise injection for the noise protocol of DESIGN §4.
+"""Label-noise injection for benchmarks on noisy target labels.
 
 Two kinds of noise, both exact rather than Bernoulli so that a benchmark at
 ``rate=0.2`` really has 20 % corrupted labels in every seed:
@@ -16,11 +16,13 @@ import numbers
 import numpy as np
 from sklearn.utils import check_random_state
 
-# Digit confusions that look plausible for handwriting (DESIGN §4).
+#: Asymmetric label noise for digits, ``{true class: noisy class}``: the
+#: confusions that look plausible for handwriting (2->7, 3->8, 5<->6, 7->1).
 DIGITS_ASYMMETRIC_PAIRS = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
 
-# The CIFAR-10 pairs of Patrini et al. (CVPR 2017), used by most noisy-label
-# papers: truck->automobile, bird->airplane, deer->horse, cat<->dog.
+#: Asymmetric label noise for CIFAR-10, ``{true class: noisy class}``: the pairs
+#: of Patrini et al. (CVPR 2017) used by most noisy-label papers,
+#: truck->automobile, bird->airplane, deer->horse, cat<->dog.
 CIFAR10_ASYMMETRIC_PAIRS = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
 
 _NAMED_PAIRS = {
@@ -81,7 +83,8 @@ def add_label_noise(
         flipped (exactly ``round(rate * n_c)`` per source class); samples of
         other classes are never touched.
     kind : {"symmetric", "asymmetric"}, default="symmetric"
-        Noise model (DESIGN §4).
+        Noise model: a uniformly drawn wrong class, or class-pair flips
+        (see ``rate`` and ``pairs``).
     pairs : dict or {"digits", "mnist", "usps", "cifar10"}, default=None
         For ``kind="asymmetric"``: class flips ``{source: destination}``,
         applied to the *clean* label (so ``{3: 5, 5: 3}`` swaps cat and dog

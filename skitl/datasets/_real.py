@@ -20,6 +20,7 @@ from sklearn.utils import Bunch, check_random_state
 
 from ._noise import add_label_noise
 
+#: The CIFAR-10 class names, in label order (0 = airplane, ..., 9 = truck).
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -32,7 +33,10 @@ CIFAR10_CLASSES = (
     "ship",
     "truck",
 )
+#: Per-channel (RGB) mean of ImageNet, for normalising images fed to a network
+#: pretrained on ImageNet (torchvision's weights).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: Per-channel (RGB) standard deviation of ImageNet; see :data:`IMAGENET_MEAN`.
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _MNIST_URL = (
@@ -310,6 +314,8 @@ def load_mnist_usps(
         Label noise in the target training labels (see
         :func:`add_label_noise`).
     noise_kind : {"symmetric", "asymmetric"}, default="symmetric"
+        A uniformly drawn wrong class, or class-pair flips (see
+        :func:`add_label_noise`).
     noise_pairs : dict or str, default="digits"
         Flips for asymmetric noise (:data:`DIGITS_ASYMMETRIC_PAIRS`).
     random_state : int, RandomState instance or None, default=0
@@ -408,6 +414,8 @@ def load_cifar10_jpeg(
         Label noise in the target training labels (see
         :func:`add_label_noise`).
     noise_kind : {"symmetric", "asymmetric"}, default="symmetric"
+        A uniformly drawn wrong class, or class-pair flips (see
+        :func:`add_label_noise`).
     noise_pairs : dict or str, default="cifar10"
         Flips for asymmetric noise (:data:`CIFAR10_ASYMMETRIC_PAIRS`).
     random_state : int, RandomState instance or None, default=0
@@ -556,6 +564,7 @@ def load_imagenet_to_cifar(
     root : str or os.PathLike
         torchvision dataset root (``cifar-10-batches-py/`` lives below it).
     dataset : {"cifar10", "cifar100"}, default="cifar10"
+        Which target: CIFAR-10 (10 classes) or CIFAR-100 (100 classes).
     download : bool, default=False
         Let torchvision download the archive (about 170 MB) when missing.
     size : int, default=224
@@ -565,6 +574,8 @@ def load_imagenet_to_cifar(
     noise : float in [0, 1], default=0.0
         Label noise in the training labels (see :func:`add_label_noise`).
     noise_kind : {"symmetric", "asymmetric"}, default="symmetric"
+        A uniformly drawn wrong class, or class-pair flips (see
+        :func:`add_label_noise`).
     noise_pairs : dict or str, default="cifar10"
         Flips for asymmetric noise (only meaningful for CIFAR-10).
     random_state : int, RandomState instance or None, default=0

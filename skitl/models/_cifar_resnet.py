@@ -16,9 +16,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# The normalisation the published checkpoints were trained with (the
-# ImageNet statistics, used by that repository's trainer for CIFAR too).
+#: Per-channel (RGB) mean the published CIFAR ResNet checkpoints were trained
+#: with (the ImageNet statistics, which that repository's trainer also used
+#: for CIFAR).
 CIFAR_RESNET_MEAN = (0.485, 0.456, 0.406)
+#: Per-channel (RGB) standard deviation matching :data:`CIFAR_RESNET_MEAN`.
 CIFAR_RESNET_STD = (0.229, 0.224, 0.225)
 
 
@@ -47,9 +49,28 @@ class Normalize(nn.Module):
         self.register_buffer("std", std, persistent=False)
 
     def forward(self, x):
+        """Normalise a batch channel by channel.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, C, H, W)
+            Images with as many channels as ``mean`` has values.
+
+        Returns
+        -------
+        out : torch.Tensor of shape (N, C, H, W)
+            ``(x - mean) / std``, a new tensor.
+        """
         return (x - self.mean) / self.std
 
     def extra_repr(self):
+        """The statistics, shown in the module's ``repr``.
+
+        Returns
+        -------
+        text : str
+            ``"mean=[...], std=[...]"``.
+        """
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
@@ -145,6 +166,19 @@ class CifarResNet(nn.Module):
         return nn.Sequential(*blocks)
 
     def forward(self, x):
+        """Class scores (logits) of a batch of images.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, 3, H, W)
+            Images in [0, 1] with the default ``normalize=True`` (32x32 for
+            CIFAR; any size works thanks to the global average pooling).
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (N, num_classes)
+            Unnormalised class scores.
+        """
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)

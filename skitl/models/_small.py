@@ -61,6 +61,18 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(2 * width, n_classes)
 
     def forward(self, x):
+        """Class scores (logits) of a batch of images.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, in_channels, H, W)
+            Images, float; ``H`` and ``W`` at least 2.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (N, n_classes)
+            Unnormalised class scores (apply a softmax for probabilities).
+        """
         return self.fc(self.dropout(self.features(x)))
 
 
