@@ -27,6 +27,7 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping
+from skorch.hf import AccelerateMixin
 from torch.utils.data import Dataset
 
 from .._network import (
@@ -185,6 +186,12 @@ class _TransferNet(NeuralNetClassifier):
             raise
 
 
+class _AcceleratedTransferNet(AccelerateMixin, _TransferNet):
+    """:class:`_TransferNet` trained through Hugging Face Accelerate (skorch's
+    ``AccelerateMixin``): mixed precision and multi-GPU data parallelism come
+    from Accelerate, not from skitl."""
+
+
 class _StopTraining(KeyboardInterrupt):
     """skorch's way to stop training (it catches KeyboardInterrupt), told
     apart from a user's interrupt."""
@@ -302,8 +309,18 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         ``(d,)``) at training time only, e.g. torchvision's
         ``v2.RandomHorizontalFlip()``. Never applied for prediction or to the
         early-stopping validation part.
+    accelerator : None, dict or accelerate.Accelerator, default=None
+        Train through Hugging Face Accelerate (skorch's ``AccelerateMixin``)
+        for mixed precision and multi-GPU data parallelism: a dict of
+        ``accelerate.Accelerator`` arguments (``{"mixed_precision": "bf16"}``;
+        a dict clones and pickles like any parameter, the accelerator is built
+        in :meth:`fit`) or an ``Accelerator``. ``device`` is then left to
+        Accelerate. Launch several GPUs with ``accelerate launch script.py``.
+        Needs ``pip install "skitl[accelerate]"``.
     device : str or torch.device, default="auto"
-        ``"auto"`` uses CUDA when available, else the CPU.
+        ``"auto"`` uses CUDA when available, else the CPU; resolved in
+        :meth:`fit` (on the machine that fits, e.g. a Dask worker). Ignored
+        with an ``accelerator``.
     random_state : int, RandomState instance or None, default=None
         Seeds the head and re-initialisation, the validation split, the
         shuffling and torch's generator during training (restored after), so
@@ -388,6 +405,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
         "train_transform": [None, callable],
+        "accelerator": [None, dict, HasMethods(["prepare", "backward"])],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -413,6 +431,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction=0.1,
         n_iter_no_change=5,
         train_transform=None,
+        accelerator=None,
         device="auto",
         random_state=None,
         verbose=0,
@@ -434,6 +453,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.train_transform = train_transform
+        self.accelerator = accelerator
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -760,7 +780,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         optimizer, opt_kwargs = self._make_optimizer_kwargs()
         if groups:
             opt_kwargs["optimizer__param_groups"] = groups
-        self.net_ = _TransferNet(
+        net_cls, placement = self._net_class(device)
+        self.net_ = net_cls(
             net,
             criterion=nn.CrossEntropyLoss,
             optimizer=optimizer,
@@ -776,9 +797,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             iterator_train__drop_last=(
                 n_train > self.batch_size and n_train % self.batch_size == 1
             ),
-            device=device,
             verbose=self.verbose,
             eval_modules=eval_modules,
+            **placement,
             **opt_kwargs,
         )
         dataset = _TransferDataset(X, np.asarray(y_enc, dtype=np.int64))
@@ -788,7 +809,29 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             raise self.net_._interrupt
         # the validation set was only needed while training; do not pickle it
         split.valid_dataset = None
+        if self.accelerator is not None:
+            # where Accelerate put the network, so that an unpickled net knows
+            self.net_.device = str(next(self.net_.module_.parameters()).device)
         return self
+
+    def _net_class(self, device):
+        """The skorch net class and how it places the network on a device."""
+        if self.accelerator is None:
+            return _TransferNet, {"device": device}
+        accelerator = self.accelerator
+        if isinstance(accelerator, dict):
+            try:
+                from accelerate import Accelerator
+            except ImportError as exc:
+                raise ImportError(
+                    "accelerator= needs Hugging Face Accelerate, an optional "
+                    'dependency: pip install "skitl[accelerate]"'
+                ) from exc
+            accelerator = Accelerator(**accelerator)
+        # Accelerate's printer ignores verbose=0; only the main process prints
+        sink = "auto" if self.verbose else _no_print
+        return _AcceleratedTransferNet, {"accelerator": accelerator, "device": None,
+                                         "callbacks__print_log__sink": sink}
 
     def _validation_indices(self, y_enc, seed):
         idx = np.arange(len(y_enc))
@@ -848,7 +891,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def _forward(self, X):
         """Probabilities, with a clear error when the input cannot pass."""
         try:
-            with flush_denormal():
+            # torch's DataLoader draws a seed from the global generator even
+            # without shuffling: predicting must not move the user's stream
+            with flush_denormal(), torch.random.fork_rng(devices=[]):
                 proba = self.net_.predict_proba(_TransferDataset(X, None))
         except RuntimeError as exc:
             shape = (
@@ -919,6 +964,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "net_")
         y = self._check_y(X, y)
         return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))
+
+
+def _no_print(*args, **kwargs):
+    """A print sink that prints nothing (module level, so nets pickle)."""
 
 
 def _check_accepts(selector, kwargs):
