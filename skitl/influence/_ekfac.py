@@ -322,14 +322,24 @@ class EKFAC:
         return (sum(b.lam_sum() for b in self.blocks)
                 / sum(b.n_coords() for b in self.blocks))
 
+    def block_mean_eigenvalues(self):
+        """Mean corrected eigenvalue of each module's block.
+
+        Returns
+        -------
+        means : dict of str to float
+        """
+        return {b.name: b.lam_sum() / b.n_coords() for b in self.blocks}
+
     def inverse(self, v, damping):
-        """Apply ``(H_ekfac + damping I)⁻¹`` to a flat parameter vector.
+        """Apply ``(H_ekfac + D)⁻¹`` to a flat parameter vector.
 
         Parameters
         ----------
         v : torch.Tensor
             Flat vector in the layout of the analysed parameters.
-        damping : float
+        damping : float or torch.Tensor
+            ``D``: a float, or a flat vector constant on each module's block.
             Must be > 0 where structurally zero coordinates exist.
 
         Returns
@@ -338,7 +348,9 @@ class EKFAC:
         """
         flat = self.model.flat
         vd = flat.unflatten(v)
+        dd = flat.unflatten(damping) if torch.is_tensor(damping) else None
         out = {}
         for blk in self.blocks:
-            out.update(blk.inverse(vd, damping))
+            lam = damping if dd is None else float(dd[blk.param_names()[0]].reshape(-1)[0])
+            out.update(blk.inverse(vd, lam))
         return flat.flatten(out)

@@ -52,6 +52,23 @@ class _Model:
             n: torch.full_like(t, 0.0 if n.rsplit(".", 1)[-1] == "bias" else 1.0)
             for n, t in self.theta.items()})
 
+    def blocks(self):
+        """Flat-vector indices of the analysed parameters of each owning module."""
+        out, start = {}, 0
+        for name, size in zip(self.flat.names, self.flat.sizes):
+            out.setdefault(name.rpartition(".")[0], []).append(
+                torch.arange(start, start + size, device=self.device))
+            start += size
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def per_block(self, values):
+        """A flat vector holding ``values[module]`` on that module's parameters."""
+        vec = torch.empty(self.flat.flatten(self.theta).shape, dtype=self.dtype,
+                          device=self.device)
+        for name, idx in self.blocks().items():
+            vec[idx] = values[name]
+        return vec
+
     def logits(self, theta, x):
         out = functional_call(self.net, {**self.consts, **theta}, (x,))
         return out.reshape(len(x), -1)
@@ -186,18 +203,21 @@ class CurvatureOperator:
         r = self.damped(damping)(s) - g
         return float(torch.linalg.norm(r) / torch.linalg.norm(g))
 
-    def mean_eigenvalue(self, generator, n_probes=8):
-        """Hutchinson estimate of ``tr(H)/p`` on one training batch (no alpha term).
+    def block_mean_eigenvalues(self, generator, n_probes=16):
+        """Mean eigenvalue ``tr(H_B)/p_B`` of each module's diagonal block (no alpha).
 
-        Cheap and within a small factor, which is all a relative damping needs.
+        Hutchinson's diagonal estimator ``E[v ⊙ H v]`` (Rademacher ``v``) on one
+        training batch gives every block's trace from the same products: cheap
+        and within a small factor, which is all a relative damping needs.
         """
         xb, yb, _ = next(self.data.batches(self.batch_size))
-        tot = 0.0
+        diag = torch.zeros(self.dim, dtype=torch.float64, device=self.model.device)
         for _ in range(n_probes):
             v = (torch.randint(0, 2, (self.dim,), generator=generator) * 2 - 1).to(
                 device=self.model.device, dtype=self.model.dtype)
-            tot += float((v * self.batch_matvec(xb, yb, v)).sum()) / len(xb)
-        return abs(tot / n_probes) / self.dim
+            diag += (v * self.batch_matvec(xb, yb, v)).double() / len(xb)
+        diag /= n_probes
+        return {name: abs(float(diag[idx].mean())) for name, idx in self.model.blocks().items()}
 
     # -- gradients and scores -------------------------------------------------
     def mean_gradient(self, data, weights):

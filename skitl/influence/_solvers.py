@@ -221,32 +221,30 @@ def arnoldi(matvec, like, *, n_iter=100, rank=20, generator=None, verbose=0):
     n_iter = min(int(n_iter), like.numel())
     rank = min(int(rank), n_iter)
     v = torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
-    Q = [v / torch.linalg.norm(v)]
+    # Krylov basis as rows of one matrix: re-orthogonalisation is two GEMVs
+    # (classical Gram-Schmidt twice, as stable as modified Gram-Schmidt).
+    Q = torch.zeros(n_iter + 1, like.numel(), dtype=like.dtype, device=like.device)
+    Q[0] = (v / torch.linalg.norm(v)).reshape(-1)
     Hm = torch.zeros(n_iter + 1, n_iter, dtype=torch.float64)
     m = n_iter
     for j in tqdm(range(n_iter), desc="Arnoldi", disable=verbose <= 0, leave=False):
-        w = matvec(Q[j])
-        for i in range(j + 1):  # full re-orthogonalisation, twice is enough
-            h = _dot(Q[i], w)
-            Hm[i, j] += float(h)
-            w = w - h * Q[i]
-        for i in range(j + 1):
-            h = _dot(Q[i], w)
-            Hm[i, j] += float(h)
-            w = w - h * Q[i]
+        w = matvec(Q[j].reshape(like.shape)).reshape(-1)
+        for _ in range(2):
+            h = Q[: j + 1] @ w
+            w = w - h @ Q[: j + 1]
+            Hm[: j + 1, j] += h.double().cpu()
         nw = float(torch.linalg.norm(w))
         Hm[j + 1, j] = nw
         if nw < 1e-12 * max(1.0, float(Hm[: j + 1, : j + 1].abs().max())):
             m = j + 1  # invariant subspace found: the Krylov space is exact
             break
-        Q.append(w / nw)
+        Q[j + 1] = w / nw
     T = Hm[:m, :m]
     T = 0.5 * (T + T.T)  # the operator is symmetric; symmetrise rounding
     evals, evecs = torch.linalg.eigh(T)
     order = torch.argsort(evals.abs(), descending=True)[:rank]
     evals, evecs = evals[order], evecs[:, order]
-    Qm = torch.stack(Q[:m]).reshape(m, -1)
-    U = (evecs.T.to(Qm.dtype).to(Qm.device) @ Qm).reshape(len(order), *like.shape)
+    U = (evecs.T.to(Q.dtype).to(Q.device) @ Q[:m]).reshape(len(order), *like.shape)
     return evals.to(like.dtype).to(like.device), U
 
 
