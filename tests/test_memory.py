@@ -120,3 +120,32 @@ def test_baselines_cache_too(digits, counter, tmp_path, make):
     b = make(str(tmp_path)).set_params(max_remove=5).fit(X, y, sample_domain=sd)
     np.testing.assert_array_equal(a.scores_, b.scores_)
     assert len(counter) == 1
+
+
+@pytest.mark.parametrize("where", ["temporary", "directory"])
+def test_features_on_disk_give_the_same_scores_and_are_removed(digits, monkeypatch,
+                                                               tmp_path, where):
+    X, y = digits
+    est = TransferClassifier(mlp, random_state=0, device="cpu")
+    seen = []
+    original = scoring.compute_features
+
+    def spying(*args, **kwargs):
+        F = original(*args, **kwargs)
+        seen.append((type(F), getattr(F, "filename", None)))
+        return F
+
+    monkeypatch.setattr(scoring, "compute_features", spying)
+    in_memory = InfluenceSampleSelector(est, cv=3, random_state=0).fit(X, y)
+    feature_dir = True if where == "temporary" else str(tmp_path / "features")
+    on_disk = InfluenceSampleSelector(est, cv=3, random_state=0, feature_dir=feature_dir,
+                                      max_remove="auto").fit(X, y)
+    np.testing.assert_allclose(on_disk.scores_, in_memory.scores_, rtol=1e-10,
+                               atol=1e-15)
+    kind, filename = seen[-1]
+    assert issubclass(kind, np.memmap) and filename is not None
+    import os
+
+    assert not os.path.exists(filename)  # removed when fit ended
+    if where == "directory":
+        assert os.listdir(tmp_path / "features") == []

@@ -53,6 +53,12 @@ class DomainClassifierSelector(FeatureSelector):
         Batch size of the forward pass.
     memory : None, str or joblib.Memory, default=None
         Caches the scores (not the removal rule).
+    feature_dir : None, bool or str, default=None
+        Where the network's features live during ``fit``: in memory
+        (``None``), or as float32 memmaps in a temporary directory
+        (``True``) or in a new subdirectory of the given directory, removed
+        when ``fit`` ends. On disk, memory does not grow with the number of
+        samples: the head algebra reads the features by chunks.
     device : str, default="auto"
         Torch device.
     random_state : int, RandomState instance or None, default=None
@@ -108,6 +114,7 @@ class DomainClassifierSelector(FeatureSelector):
         remove_from="auxiliary",
         batch_size=256,
         memory=None,
+        feature_dir=None,
         device="auto",
         random_state=None,
         verbose=0,
@@ -120,6 +127,7 @@ class DomainClassifierSelector(FeatureSelector):
         self.remove_from = remove_from
         self.batch_size = batch_size
         self.memory = memory
+        self.feature_dir = feature_dir
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

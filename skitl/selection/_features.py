@@ -43,16 +43,22 @@ def pretrained_network(estimator):
     return build()
 
 
-def compute_features(net, head_name, X, *, batch_size, device, verbose=0):
+def compute_features(net, head_name, X, *, batch_size, device, verbose=0, out=None):
     """Head features of ``X``: the input of the head under ``net``, or X itself.
 
     With no network, X is taken as the features (flattened), so a selector
     without an estimator works on any numeric table, as multinomial logistic
     regression influence.
 
+    Parameters
+    ----------
+    out : str, optional
+        A directory: the features are written there as a float32 memmap
+        (see :func:`skitl.influence.extract_features`) instead of memory.
+
     Returns
     -------
-    F : ndarray of shape (n_samples, n_features)
+    F : ndarray or numpy.memmap of shape (n_samples, n_features)
     """
     if net is None:
         if not isinstance(X, np.ndarray):
@@ -69,6 +75,7 @@ def compute_features(net, head_name, X, *, batch_size, device, verbose=0):
         batch_size=batch_size,
         device=resolve_device(device),
         verbose=verbose,
+        out=out,
     )
 
 
@@ -158,7 +165,7 @@ def _run(selector, net, head_name, key, X, y, X_val, y_val, is_target):
 #: plumbing. Everything else is part of the cache key.
 NOT_IN_KEY = frozenset({
     "threshold", "max_remove", "remove_from", "memory", "verbose", "batch_size",
-    "device", "estimator",
+    "device", "estimator", "feature_dir",
 })
 
 

@@ -109,6 +109,12 @@ class InfluenceSampleSelector(FeatureSelector):
         the network's weights and every parameter that changes the scores,
         but not by ``threshold``, ``max_remove`` or ``remove_from``: a grid
         search over the removal rule scores once per data split.
+    feature_dir : None, bool or str, default=None
+        Where the network's features live during ``fit``: in memory
+        (``None``), or as float32 memmaps in a temporary directory
+        (``True``) or in a new subdirectory of the given directory, removed
+        when ``fit`` ends. On disk, memory does not grow with the number of
+        samples: the head algebra reads the features by chunks.
     device : str, default="auto"
         Torch device; ``"auto"`` picks CUDA when available.
     random_state : int, RandomState instance or None, default=None
@@ -197,6 +203,7 @@ class InfluenceSampleSelector(FeatureSelector):
         solver="auto",
         batch_size=256,
         memory=None,
+        feature_dir=None,
         device="auto",
         random_state=None,
         verbose=0,
@@ -214,6 +221,7 @@ class InfluenceSampleSelector(FeatureSelector):
         self.solver = solver
         self.batch_size = batch_size
         self.memory = memory
+        self.feature_dir = feature_dir
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

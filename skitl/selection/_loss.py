@@ -49,6 +49,12 @@ class LossSelector(FeatureSelector):
     memory : None, str or joblib.Memory, default=None
         Caches the scores, keyed by the data, the network's weights and the
         scoring parameters (not the removal rule).
+    feature_dir : None, bool or str, default=None
+        Where the network's features live during ``fit``: in memory
+        (``None``), or as float32 memmaps in a temporary directory
+        (``True``) or in a new subdirectory of the given directory, removed
+        when ``fit`` ends. On disk, memory does not grow with the number of
+        samples: the head algebra reads the features by chunks.
     device : str, default="auto"
         Torch device.
     random_state : int, RandomState instance or None, default=None
@@ -101,6 +107,7 @@ class LossSelector(FeatureSelector):
         remove_from="auxiliary",
         batch_size=256,
         memory=None,
+        feature_dir=None,
         device="auto",
         random_state=None,
         verbose=0,
@@ -113,6 +120,7 @@ class LossSelector(FeatureSelector):
         self.remove_from = remove_from
         self.batch_size = batch_size
         self.memory = memory
+        self.feature_dir = feature_dir
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

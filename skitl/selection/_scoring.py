@@ -5,7 +5,10 @@ computes head features once, caches the scores with ``memory``, and resolves
 ``max_remove="auto"`` from the target loss of refitted heads.
 """
 
+import contextlib
 import numbers
+import os
+import tempfile
 
 import numpy as np
 import torch
@@ -42,6 +45,7 @@ class FeatureSelector(BaseSelector):
         "max_remove": [*MAX_REMOVE, StrOptions({"auto"})],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "memory": [None, str, HasMethods(["cache"])],
+        "feature_dir": [None, "boolean", str],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -55,8 +59,29 @@ class FeatureSelector(BaseSelector):
     def _features(self, net, head_name, X):
         return compute_features(
             net, head_name, X, batch_size=self.batch_size, device=self.device,
-            verbose=self.verbose,
+            verbose=self.verbose, out=getattr(self, "_feature_path", None),
         )
+
+    @contextlib.contextmanager
+    def _feature_store(self):
+        """Where the features of this fit live: memory, or memmaps on disk.
+
+        ``feature_dir=True`` uses a temporary directory, a string a directory
+        of the user's (a private subdirectory is created in it); either way
+        the files are removed when ``fit`` ends.
+        """
+        if self.feature_dir is None or self.feature_dir is False:
+            yield
+            return
+        parent = None if self.feature_dir is True else os.fspath(self.feature_dir)
+        if parent is not None:
+            os.makedirs(parent, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="skitl-features-", dir=parent) as path:
+            self._feature_path = path
+            try:
+                yield
+            finally:
+                del self._feature_path
 
     def _compute_scores(self, X, y, X_val, y_val, is_target):
         self._check_folds(y, y_val, is_target)
@@ -118,7 +143,8 @@ class FeatureSelector(BaseSelector):
 
     def _fit_and_select(self, *args):
         try:
-            return super()._fit_and_select(*args)
+            with self._feature_store():
+                return super()._fit_and_select(*args)
         finally:
             # the cached features are needed during fit only
             self._auto = None
