@@ -10,14 +10,12 @@ import importlib
 import importlib.util
 import os
 import pathlib
-import pkgutil
 import shutil
 import subprocess
 import sys
 
 import pytest
-
-import skitl
+from test_docstrings import public_modules, public_objects
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -35,19 +33,16 @@ pytestmark = pytest.mark.skipif(
 
 
 def _public_pages():
-    """The API page every name of every public module's ``__all__`` must get."""
-    pages, seen = set(), {}
-    names = ["skitl"] + [f"skitl.{m.name}" for m in pkgutil.iter_modules(skitl.__path__)
-                         if not m.name.startswith("_")]
-    for modname in names:
+    """The API page every name of every public module's ``__all__`` must get.
+
+    Classes and functions get one page under their shortest public path;
+    constants one page per module that exports them.
+    """
+    pages = set(public_objects())
+    for modname in public_modules():
         module = importlib.import_module(modname)
-        for name in module.__all__:
-            obj = getattr(module, name)
-            if not (isinstance(obj, type) or callable(obj)):
-                key = (modname, name)  # constants: one page per module
-            else:
-                key = id(obj)
-            pages.add(seen.setdefault(key, f"{modname}.{name}"))
+        pages |= {f"{modname}.{name}" for name in module.__all__
+                  if not callable(getattr(module, name))}
     return pages
 
 
