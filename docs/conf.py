@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from numpydoc.xref import DEFAULT_LINKS
+from sphinx.pycode import ModuleAnalyzer
 from sphinx.util import logging
 
 import skitl
@@ -349,15 +350,35 @@ def _resolve_alias(app, env, node, contnode):
     return None
 
 
-def _drop_type_docstring(app, what, name, obj, options, lines):
-    """A constant without a ``#:`` comment shows nothing, not ``tuple``'s docstring."""
+def _data_docstring(app, what, name, obj, options, lines):
+    """Document a re-exported constant with the ``#:`` comment where it is assigned.
+
+    autodoc reads ``#:`` comments of the module it documents
+    (``skitl.datasets``), not of the private module the constant comes from
+    (``skitl.datasets._real``); without this, the page would show the
+    docstring of ``tuple`` or ``dict``.
+    """
+    if what != "data":
+        return
     type_doc = inspect.getdoc(type(obj)) or ""
-    if what == "data" and lines and "\n".join(lines).strip() == type_doc.strip():
-        lines.clear()
+    if lines and "\n".join(lines).strip() != type_doc.strip():
+        return  # a docstring of its own
+    lines.clear()
+    modname, _, attr = name.rpartition(".")
+    package = importlib.import_module(modname)
+    for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+        module = importlib.import_module(f"{modname}.{info.name}")
+        if getattr(module, attr, None) is not obj:
+            continue
+        # a module that only imports the constant has no comment for it
+        comment = ModuleAnalyzer.for_module(module.__name__).find_attr_docs()
+        if ("", attr) in comment:
+            lines.extend(comment[("", attr)])
+            return
 
 
 def setup(app):
     app.connect("missing-reference", _resolve_alias)
     # before numpydoc (priority 500) reformats the lines
-    app.connect("autodoc-process-docstring", _drop_type_docstring, priority=400)
+    app.connect("autodoc-process-docstring", _data_docstring, priority=400)
 
