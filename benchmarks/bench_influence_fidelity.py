@@ -35,9 +35,7 @@ import argparse
 import copy
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -46,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _influence_peers import kronfluence_scores, tracin_fast_scores
 from scipy.stats import pearsonr, spearmanr
 from sklearn.datasets import load_digits
 
@@ -79,64 +78,6 @@ def finetune(source_net, X, y, *, steps, lr, alpha):
 def mean_loss(net, X, y):
     with torch.no_grad():
         return float(F.cross_entropy(net(torch.from_numpy(X)), torch.from_numpy(y)))
-
-
-def kronfluence_scores(net, Xtr, ytr, Xv, yv, modules, batch_size):
-    """kronfluence EK-FAC pairwise scores averaged over the validation set
-    (its sign is skitl's: positive = helpful), scaled by 1/n like skitl's."""
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
-
-    class ClassificationTask(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            x, y = batch
-            logits = model(x)
-            if sample:
-                with torch.no_grad():
-                    y = torch.multinomial(torch.softmax(logits.detach(), -1), 1).flatten()
-            return F.cross_entropy(logits, y, reduction="sum")
-
-        def compute_measurement(self, batch, model):
-            x, y = batch
-            return F.cross_entropy(model(x), y, reduction="sum")
-
-        def get_influence_tracked_modules(self):
-            return modules
-
-    task = ClassificationTask()
-    model = prepare_model(copy.deepcopy(net).eval(), task)
-    out = tempfile.mkdtemp(prefix="kronfluence-")
-    try:
-        an = Analyzer(analysis_name="lds", model=model, task=task, cpu=True,
-                      disable_tqdm=True, output_dir=out)
-        train = torch.utils.data.TensorDataset(torch.from_numpy(Xtr), torch.from_numpy(ytr))
-        val = torch.utils.data.TensorDataset(torch.from_numpy(Xv), torch.from_numpy(yv))
-        an.fit_all_factors(factors_name="ekfac", dataset=train,
-                           per_device_batch_size=batch_size,
-                           factor_args=FactorArguments(strategy="ekfac"),
-                           overwrite_output_dir=True)
-        an.compute_pairwise_scores(scores_name="s", factors_name="ekfac", query_dataset=val,
-                                   train_dataset=train, per_device_query_batch_size=len(val),
-                                   per_device_train_batch_size=batch_size,
-                                   score_args=ScoreArguments(damping_factor=None),
-                                   overwrite_output_dir=True)
-        s = an.load_pairwise_scores("s")["all_modules"]
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    return s.double().mean(0).numpy() / len(Xtr)
-
-
-def tracin_scores(net, Xtr, ytr, Xv, yv, batch_size):
-    from captum.influence import TracInCPFast
-
-    ckpt = os.path.join(tempfile.mkdtemp(), "net.pt")
-    torch.save(net.state_dict(), ckpt)
-    ds = torch.utils.data.TensorDataset(torch.from_numpy(Xtr), torch.from_numpy(ytr))
-    tr = TracInCPFast(net, net.fc, ds, [ckpt], loss_fn=nn.CrossEntropyLoss(reduction="sum"),
-                      batch_size=batch_size)
-    out = tr.influence((torch.from_numpy(Xv), torch.from_numpy(yv)))
-    return out.mean(0).detach().double().numpy() / len(Xtr)
 
 
 def lds(args):
@@ -174,9 +115,11 @@ def lds(args):
         (f"skitl deep identity ({' '.join(deep_params)})",
          lambda: deep_influence(net, Xtr, ytr, Xv, yv, hessian="identity", **deep)),
         ("captum TracInCPFast (fc)",
-         lambda: tracin_scores(net, Xtr, ytr, Xv, yv, args.batch_size)),
+         lambda: tracin_fast_scores(net, net.fc, Xtr, ytr, Xv, yv,
+                                    batch_size=args.batch_size)),
         (f"kronfluence EK-FAC ({' '.join(layers)})",
-         lambda: kronfluence_scores(net, Xtr, ytr, Xv, yv, layers, args.batch_size)),
+         lambda: kronfluence_scores(net, Xtr, ytr, Xv, yv, layers,
+                                    batch_size=args.batch_size, query_batch=len(Xv))),
     ]
     scored = []
     for name, fn in methods:

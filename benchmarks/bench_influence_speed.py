@@ -24,9 +24,7 @@ import argparse
 import copy
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -35,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
+from _influence_peers import captum_arnoldi_scores, kronfluence_scores
 from scipy.stats import spearmanr
 
 from skitl.influence import deep_influence, influence_scores, select_parameters
@@ -92,72 +90,6 @@ def tracked_modules(net, names):
         if attr == "weight" and isinstance(mods[mname], (nn.Linear, nn.Conv2d)):
             out.append(mname)
     return out
-
-
-def run_kronfluence(net, Xtr, ytr, Xv, yv, modules, batch_size, device, query_batch):
-    """kronfluence EK-FAC pairwise scores, averaged over the validation set.
-
-    kronfluence's score ``g_valᵀ H⁻¹ g_i`` has skitl's sign (positive = helpful);
-    the mean over validation samples is the influence on the mean loss.
-    """
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
-
-    class ClassificationTask(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            x, y = batch
-            logits = model(x)
-            if sample:
-                with torch.no_grad():
-                    y = torch.multinomial(torch.softmax(logits.detach(), -1), 1).flatten()
-            return F.cross_entropy(logits, y, reduction="sum")
-
-        def compute_measurement(self, batch, model):
-            x, y = batch
-            return F.cross_entropy(model(x), y, reduction="sum")
-
-        def get_influence_tracked_modules(self):
-            return modules
-
-    task = ClassificationTask()
-    model = prepare_model(copy.deepcopy(net).eval(), task)
-    out = tempfile.mkdtemp(prefix="kronfluence-")
-    try:
-        analyzer = Analyzer(analysis_name="bench", model=model, task=task,
-                            cpu=not device.startswith("cuda"), disable_tqdm=True,
-                            output_dir=out)
-        train = torch.utils.data.TensorDataset(torch.from_numpy(Xtr), torch.from_numpy(ytr))
-        val = torch.utils.data.TensorDataset(torch.from_numpy(Xv), torch.from_numpy(yv))
-        analyzer.fit_all_factors(factors_name="ekfac", dataset=train,
-                                 per_device_batch_size=batch_size,
-                                 factor_args=FactorArguments(strategy="ekfac"),
-                                 overwrite_output_dir=True)
-        analyzer.compute_pairwise_scores(
-            scores_name="scores", factors_name="ekfac", query_dataset=val,
-            train_dataset=train, per_device_query_batch_size=min(query_batch, len(val)),
-            per_device_train_batch_size=batch_size,
-            score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
-        scores = analyzer.load_pairwise_scores("scores")["all_modules"]
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    return scores.double().mean(0).numpy() / len(Xtr)
-
-
-def run_captum_arnoldi(net, Xtr, ytr, Xv, yv, modules, batch_size, device, dim, proj):
-    from captum.influence._core.arnoldi_influence_function import (
-        ArnoldiInfluenceFunction,
-    )
-
-    ds = torch.utils.data.TensorDataset(torch.from_numpy(Xtr), torch.from_numpy(ytr))
-    ckpt = os.path.join(tempfile.mkdtemp(), "ckpt.pt")
-    torch.save(net.state_dict(), ckpt)
-    af = ArnoldiInfluenceFunction(
-        net, ds, ckpt, layers=modules, loss_fn=nn.CrossEntropyLoss(reduction="none"),
-        test_loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=batch_size,
-        arnoldi_dim=dim, projection_dim=proj, show_progress=False)
-    val = (torch.from_numpy(Xv).to(device), torch.from_numpy(yv).to(device))
-    return af.influence(val).mean(0).detach().double().cpu().numpy()
 
 
 def main(argv=None):
@@ -254,6 +186,7 @@ def main(argv=None):
                                      and "ConvergenceWarning" in w.category.__name__}))
             rows.append((name, t, resid, f"Spearman vs CG {rho:.3f}; {note}"
                          + (f"; WARNING {warn}" if warn else "")))
+            print(f"  done: {name}: {t:.1f}s", flush=True)
         except Exception as exc:  # report, never hide
             traceback.print_exc()
             rows.append((name, float("nan"), "", f"FAILED: {type(exc).__name__}: {exc}"))
@@ -279,16 +212,17 @@ def main(argv=None):
                                    hessian="ekfac", **deep), skitl_note)
     if "kronfluence" not in args.skip:
         add("kronfluence EK-FAC (Linear/Conv2d only)",
-            lambda: run_kronfluence(net_fit, Xtr, ytr, Xv, yv, modules,
-                                    args.peer_batch_size, dev,
-                                    args.kronfluence_query_batch),
+            lambda: kronfluence_scores(net_fit, Xtr, ytr, Xv, yv, modules,
+                                       batch_size=args.peer_batch_size, device=dev,
+                                       query_batch=args.kronfluence_query_batch),
             lambda r: ("", "damping 0.1 x mean eigenvalue (damping_factor=None)"))
     if "captum" not in args.skip:
         add(f"captum ArnoldiInfluenceFunction (arnoldi_dim {args.captum_arnoldi_dim})",
-            lambda: run_captum_arnoldi(net_fit, Xtr, ytr, Xv, yv,
-                                       [p.removesuffix(".*") for p in args.deep_params],
-                                       args.peer_batch_size, dev, args.captum_arnoldi_dim,
-                                       args.captum_projection_dim),
+            lambda: captum_arnoldi_scores(
+                net_fit, Xtr, ytr, Xv, yv, [p.removesuffix(".*") for p in args.deep_params],
+                batch_size=args.peer_batch_size, device=dev,
+                arnoldi_dim=args.captum_arnoldi_dim,
+                projection_dim=args.captum_projection_dim),
             lambda r: ("", f"projection_dim {args.captum_projection_dim}"))
 
     print()

@@ -31,6 +31,7 @@ from ._prefix import PrefixCache, find_cut, prefix_cache
 from ._results import InfluenceResult
 
 _HESSIANS = ("ggn", "exact", "ekfac", "identity")
+_SUFFIX_BATCH_BYTES = 32 << 20
 
 
 def select_parameters(net, params):
@@ -39,6 +40,7 @@ def select_parameters(net, params):
     Parameters
     ----------
     net : torch.nn.Module
+        The network.
     params : "all", str or list of str
         ``"all"``, or patterns as for ``freeze=`` / ``reinit=``: a pattern
         naming a module (``"layer4"``, ``"fc"``) selects every parameter
@@ -91,21 +93,33 @@ def _make_solver(hessian, solver, operator, damping, opts, gen):
         return EKFACSolver(operator, damping, generator=gen,
                            n_label_samples=opts.pop("n_label_samples", 1),
                            measure_residual=opts.pop("measure_residual", True))
-    pre = opts.pop("preconditioner", None) if solver == "cg" else None
-    ekfac = None
-    if pre not in ("ekfac", None):
-        raise ValueError(f"preconditioner must be 'ekfac' or None, got {pre!r}.")
-    if pre is not None:
+    pre = opts.pop("preconditioner", "auto") if solver == "cg" else None
+    if pre not in ("auto", "blocks", "ekfac", None):
+        raise ValueError(
+            f"preconditioner must be 'auto', 'blocks', 'ekfac' or None, got {pre!r}.")
+    auto = isinstance(damping, str) and damping == "auto"
+    if pre == "auto":
+        pre = "blocks" if auto else None
+    ekfac = means = None
+    if pre == "ekfac":
         ekfac = EKFAC(operator, n_label_samples=opts.pop("n_label_samples", 1),
                       generator=gen).fit(verbose=operator.verbose)
-    if isinstance(damping, str) and damping == "auto":
+    if auto or pre == "blocks":
         means = (ekfac.block_mean_eigenvalues() if ekfac is not None and hessian == "ggn"
                  else operator.block_mean_eigenvalues(gen))
+    if auto:
         damping = operator.model.per_block({k: 0.1 * v for k, v in means.items()})
         if solver == "arnoldi":  # a low-rank inverse needs one scalar
             damping = float(damping.double().mean())
+    if pre == "blocks":
+        # Scale each module's block by its mean eigenvalue (plus damping):
+        # blocks of very different curvature scales (BatchNorm vs conv
+        # weights) otherwise set the condition number.
+        pre = operator.model.per_block(means) + damping + operator.alpha
+    else:
+        pre = ekfac
     if solver == "cg":
-        return CGSolver(operator, damping, preconditioner=ekfac,
+        return CGSolver(operator, damping, preconditioner=pre,
                         tol=opts.pop("tol", 1e-3), max_iter=opts.pop("max_iter", 500),
                         on_failure=opts.pop("on_failure", "warn"))
     if solver == "lissa":
@@ -175,8 +189,14 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
         Samples per chunk in the scoring pass (memory).
     batch_size : int, default=256
         Samples per batch in Hessian-vector products and EK-FAC statistics.
+        With a cached prefix, batches (and scoring chunks) grow to hold up
+        to 32 MiB of cached activations, at most all rows: the suffix is
+        cheap in memory and large batches are several times faster.
     device : str, default="cpu"
+        Where the computation runs (``"auto"``: CUDA when available); the
+        network is moved there and back.
     verbose : int, default=0
+        Progress bars when > 0 (per Hessian-vector pass when > 1).
     prefix : "auto" or bool, default="auto"
         Frozen-prefix caching: when the selected parameters are a suffix of
         the network (found with ``torch.fx``), run the part before them once
@@ -184,10 +204,13 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
         possible, ``True`` raises when it is not, ``False`` never caches.
     **solver_options
         CG: ``tol`` (1e-3, relative residual), ``max_iter`` (500),
-        ``preconditioner`` (``None`` or ``"ekfac"``: EK-FAC's damped inverse;
-        off by default because block-diagonal preconditioners were measured
-        to slow CG down on networks with BatchNorm, whose rescaling
-        symmetries couple the blocks), ``on_failure`` (``"warn"``: a
+        ``preconditioner`` (``"auto"``: ``"blocks"`` with ``damping="auto"``,
+        none otherwise; ``"blocks"``: each module's parameters scaled by that
+        block's mean eigenvalue plus damping, 1.5x fewer iterations on a
+        fine-tuned CNN; ``"ekfac"``: EK-FAC's damped inverse, measured to
+        slow CG down, because the rescaling symmetries of ReLU / BatchNorm
+        networks couple the blocks it treats as independent; ``None``),
+        ``on_failure`` (``"warn"``: a
         ``sklearn.exceptions.ConvergenceWarning`` when ``tol`` is not
         reached; ``"raise"``: ``RuntimeError``). LiSSA: ``depth`` (1000),
         ``scale`` (power-iteration estimate), ``lissa_batch_size``
@@ -256,6 +279,14 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
             X_train = _inputs(X_train, "X_train", *common)
             X_val = _inputs(X_val, "X_val", *common)
             seconds["prefix"] = time.perf_counter() - t
+            if isinstance(X_train, PrefixCache):
+                # The suffix is cheap in memory and large batches run several
+                # times faster per sample (measured 2.6x from 256 to 1000 rows
+                # on ResNet-18's last block): batch up to _SUFFIX_BATCH_BYTES
+                # of cached activations.
+                row = X_train.activations[0].nbytes
+                batch_size = max(batch_size, min(n, _SUFFIX_BATCH_BYTES // max(row, 1)))
+                chunk_size = max(chunk_size, batch_size)
             model = _Model(net if cut is None else cut.suffix, names, device)
             train = _Data(X_train, y_train, device, model.dtype)
             val = _Data(X_val, y_val, device, model.dtype)
@@ -284,8 +315,10 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
             seconds["scores"] = time.perf_counter() - t
             info.update(sol.info_)
             info["passes"] = operator.n_passes
-            if isinstance(sol, CGSolver) and sol.preconditioner is not None:
-                info["preconditioner"] = "ekfac"
+            if isinstance(sol, CGSolver):
+                pre = sol.preconditioner
+                info["preconditioner"] = (None if pre is None else "blocks"
+                                          if torch.is_tensor(pre) else "ekfac")
     finally:
         net.to(orig_device)
     if not np.isfinite(scores).all():

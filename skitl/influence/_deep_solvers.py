@@ -97,8 +97,9 @@ class CGSolver(_Solver):
     tol : float, default=1e-3
         Relative residual to reach.
     max_iter : int, default=500
-    preconditioner : EKFAC or None
-        Its damped inverse is used as the preconditioner.
+    preconditioner : EKFAC, torch.Tensor or None
+        An EKFAC (its damped inverse preconditions), or a flat vector ``m``
+        (the diagonal preconditioner ``r -> r / m``).
     on_failure : {"warn", "raise"}, default="warn"
         What to do when ``tol`` is not reached: a ``ConvergenceWarning`` or a
         ``RuntimeError``.
@@ -120,7 +121,10 @@ class CGSolver(_Solver):
         op = self.operator
         lam = self.damping
         pre = None
-        if self.preconditioner is not None:
+        if torch.is_tensor(self.preconditioner):
+            diag = self.preconditioner
+            pre = lambda r: r / diag  # noqa: E731
+        elif self.preconditioner is not None:
             ek = self.preconditioner
             pre = lambda r: ek.inverse(r, lam + op.alpha)  # noqa: E731
         s, info = conjugate_gradient(op.damped(lam), g, tol=self.tol,

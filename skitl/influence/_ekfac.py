@@ -275,6 +275,11 @@ class EKFAC:
         statistics instead of running the network again when they fit in
         ``STATS_BYTES``.
 
+        Parameters
+        ----------
+        verbose : int, default=0
+            Show progress bars when > 0.
+
         Returns
         -------
         self

@@ -145,25 +145,38 @@ class PrefixCache:
     selector scores several folds of the same ``X``: one cache for all rows
     runs the frozen part of the network once instead of once per fold.
 
-    Attributes
+    Parameters
     ----------
     activations : ndarray or numpy.memmap of shape (n_all, ...)
         Activations of every row the cache was built on (float32, or
-        float64 for a float64 network); a
-        ``numpy.memmap`` in a temporary directory (removed with the cache)
-        when larger than ``memmap_bytes``.
-    indices : ndarray of int or None
-        Rows of ``activations`` this view covers (``None``: all, in order).
+        float64 for a float64 network); a ``numpy.memmap`` in a temporary
+        directory (removed with the cache) when larger than ``memmap_bytes``.
     cut : str
         Name of the ``torch.fx`` node whose output is cached.
+    fingerprint : tuple
+        Identity and version of every prefix parameter and buffer when the
+        cache was built (a later in-place change makes the cache stale).
+    indices : array-like of int, optional
+        Rows of ``activations`` this view covers (``None``: all, in order).
+    tmpdir : str, optional
+        Directory of the memory map, if any.
+
+    Attributes
+    ----------
+    activations : ndarray or numpy.memmap of shape (n_all, ...)
+        The cached activations (shared by every view).
+    indices : ndarray of int or None
+        Rows of ``activations`` this view covers.
+    cut : str
+        Name of the cached ``torch.fx`` node.
     """
 
-    def __init__(self, activations, cut, fingerprint, indices=None, _tmpdir=None):
+    def __init__(self, activations, cut, fingerprint, indices=None, tmpdir=None):
         self.activations = activations
         self.cut = cut
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
         self._fingerprint = fingerprint
-        self._tmpdir = _tmpdir
+        self._tmpdir = tmpdir
 
     def __len__(self):
         return len(self.activations) if self.indices is None else len(self.indices)
@@ -189,9 +202,21 @@ class PrefixCache:
         return view
 
     def iter_batches(self, batch_size):
-        """Yield ``(activations, slice)`` batches as fresh tensors.
+        """Yield batches of activations as fresh tensors.
 
         Fresh copies: the suffix may modify its input in place (``ReLU(inplace=True)``).
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows per batch.
+
+        Yields
+        ------
+        x : torch.Tensor
+            A batch of activations.
+        rows : slice
+            Its positions within this view.
         """
         for s in range(0, len(self), batch_size):
             sl = slice(s, min(s + batch_size, len(self)))
@@ -199,7 +224,18 @@ class PrefixCache:
             yield torch.from_numpy(np.array(self.activations[rows])), sl
 
     def check(self, cut):
-        """Raise unless this cache was computed for ``cut`` with the same prefix weights."""
+        """Raise unless this cache was computed for ``cut`` with the same prefix weights.
+
+        Parameters
+        ----------
+        cut : _Cut or None
+            The network's cut point for the analysed parameters.
+
+        Raises
+        ------
+        ValueError
+            Another cut point, or prefix weights changed since the cache was built.
+        """
         if cut is None or cut.node_name != self.cut:
             where = "none" if cut is None else repr(cut.node_name)
             raise ValueError(
@@ -233,11 +269,14 @@ def prefix_cache(net, X, *, params, cut=None, batch_size=256, device="cpu",
     cut : _Cut, optional
         A precomputed cut (internal use).
     batch_size : int, default=256
+        Rows per forward batch.
     device : str, default="cpu"
+        Where the prefix runs (the network is moved there and back).
     memmap_bytes : int, default=2**30
         Above this size the activations go to a ``numpy.memmap`` in a
         temporary directory, removed when the cache is garbage collected.
     verbose : int, default=0
+        Show a progress bar when > 0.
 
     Returns
     -------
@@ -290,7 +329,7 @@ def prefix_cache(net, X, *, params, cut=None, batch_size=256, device="cpu",
     if not np.isfinite(acts).all():
         raise ValueError("The network produced NaN or infinite activations before the "
                          "analysed parameters; check the weights and the input scale.")
-    cache = PrefixCache(acts, cut.node_name, cut.fingerprint(), _tmpdir=tmpdir)
+    cache = PrefixCache(acts, cut.node_name, cut.fingerprint(), tmpdir=tmpdir)
     if tmpdir is not None:
         weakref.finalize(cache, _remove_dir, tmpdir)
     return cache

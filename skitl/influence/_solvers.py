@@ -109,10 +109,13 @@ def power_iteration(matvec, like, *, n_iter=20, generator=None):
     Parameters
     ----------
     matvec : callable
+        ``v -> A v``.
     like : torch.Tensor
         A tensor of the operator's shape, dtype and device.
     n_iter : int, default=20
+        Power iterations.
     generator : torch.Generator, optional
+        Source of the random start.
 
     Returns
     -------
@@ -146,6 +149,7 @@ def lissa(matvec, b, *, scale=None, depth=1000, tol=1e-8, damping=0.0,
     matvec : callable
         ``v -> A v``; may change from call to call (mini-batches).
     b : torch.Tensor
+        Right-hand side.
     scale : float, optional
         Must exceed ``λ_max(A) + damping``; estimated by power iteration
         (times 1.5 for safety with mini-batch operators) when omitted.
@@ -153,9 +157,12 @@ def lissa(matvec, b, *, scale=None, depth=1000, tol=1e-8, damping=0.0,
         Most recursion steps.
     tol : float, default=1e-8
         Stop when the update is smaller than ``tol`` relative to ``x``.
-    damping : float, default=0.0
+    damping : float or torch.Tensor, default=0.0
+        Added to ``A`` (a tensor: elementwise, one value per coordinate).
     generator : torch.Generator, optional
+        Source of the power iteration's random start.
     verbose : int, default=0
+        Show a progress bar when > 0.
 
     Returns
     -------
@@ -205,13 +212,17 @@ def arnoldi(matvec, like, *, n_iter=100, rank=20, generator=None, verbose=0):
     Parameters
     ----------
     matvec : callable
+        ``v -> A v`` for a symmetric ``A``.
     like : torch.Tensor
         Tensor with the operator's shape, dtype and device.
     n_iter : int, default=100
         Krylov dimension (capped at the operator's size).
     rank : int, default=20
+        Eigenpairs kept (those of largest magnitude).
     generator : torch.Generator, optional
+        Source of the random start.
     verbose : int, default=0
+        Show a progress bar when > 0.
 
     Returns
     -------
@@ -254,9 +265,13 @@ def arnoldi_solve(eigvals, eigvecs, b, *, damping=0.0):
     Parameters
     ----------
     eigvals : torch.Tensor of shape (r,)
+        Eigenvalues ``λ_j``.
     eigvecs : torch.Tensor of shape (r, ...)
+        Orthonormal eigenvectors ``u_j``.
     b : torch.Tensor
+        Right-hand side.
     damping : float, default=0.0
+        Added to every eigenvalue.
 
     Returns
     -------
