@@ -28,8 +28,13 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=os.path.join("benchmarks", "results",
-                                                 "denormal_cpu.txt"))
+    p.add_argument("--source", choices=("digits", "mnist"), default="digits",
+                   help="digits: the embedded task; mnist: a SmallCNN pretrained on "
+                        "the 10,000 MNIST test images (10 epochs; it has subnormal "
+                        "weights), fine-tuned on 700 USPS images (needs --data-dir)")
+    p.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
+    p.add_argument("--out", default=None,
+                   help="default benchmarks/results/denormal_<source>_cpu.txt")
     args = p.parse_args(argv)
 
     import torch
@@ -41,8 +46,18 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(False)
-    data = load_digits_transfer(noise=0.0, random_state=0)
-    source = pretrain_source_cnn(data.X_source, data.y_source, random_state=0)
+    if args.source == "digits":
+        data = load_digits_transfer(noise=0.0, random_state=0)
+        source = pretrain_source_cnn(data.X_source, data.y_source, random_state=0)
+    else:
+        from skitl.datasets import load_mnist_usps
+
+        data = load_mnist_usps(args.data_dir, n_source=10000, n_target_train=700,
+                               random_state=0)
+        source = pretrain_source_cnn(data.X_source, data.y_source, n_classes=10,
+                                     epochs=10, random_state=0)
+    subnormal = sum(int(((t.abs() > 0) & (t.abs() < torch.finfo(t.dtype).tiny)).sum())
+                    for t in source.state_dict().values() if t.is_floating_point())
     fix = transfer.flush_denormal
 
     def fit(flush):
@@ -68,8 +83,9 @@ def main(argv=None):
     log(f"date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()} "
         f"{platform.processor() or ''} {os.cpu_count()} cores, torch "
         f"{torch.__version__}, threads {args.threads}, load average {os.getloadavg()}")
-    log(f"SmallCNN pretrained on {len(data.y_source)} source digits, fine-tuned on "
-        f"{len(data.y_train)} target digits for {args.epochs} epochs (all layers)")
+    log(f"SmallCNN pretrained on {len(data.y_source)} source images ({args.source}), "
+        f"{subnormal} subnormal weights; fine-tuned on {len(data.y_train)} target "
+        f"images for {args.epochs} epochs (all layers)")
     times = {True: [], False: []}
     probas = {}
     for _ in range(args.repeat):
@@ -85,9 +101,11 @@ def main(argv=None):
     from skitl.utils._threads import _flush_denormal_is_on
 
     log(f"flush-to-zero after the fits: {_flush_denormal_is_on()} (restored: it was off)")
-    if args.out:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as fh:
+    out = args.out or os.path.join("benchmarks", "results",
+                                   f"denormal_{args.source}_cpu.txt")
+    if out:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as fh:
             fh.write("\n".join(x for x in lines if x) + "\n")
     return 0
 

@@ -917,6 +917,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, ...) or torch Dataset
+            Inputs of the kind and per-sample shape seen in :meth:`fit`.
 
         Returns
         -------
@@ -934,6 +935,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, ...) or torch Dataset
+            Inputs of the kind and per-sample shape seen in :meth:`fit`.
 
         Returns
         -------
@@ -952,10 +954,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, ...) or torch Dataset
+            Inputs of the kind and per-sample shape seen in :meth:`fit`.
         y : array-like of shape (n_samples,), default=None
             True labels; may be omitted when ``X`` is a dataset of
             ``(x, y)`` pairs.
         sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples in the mean.
 
         Returns
         -------

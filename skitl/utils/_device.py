@@ -55,7 +55,18 @@ def torch_seed(random_state):
 
 
 def torch_generator(random_state):
-    """A CPU ``torch.Generator`` seeded from ``random_state``."""
+    """A CPU ``torch.Generator`` seeded from ``random_state``.
+
+    Parameters
+    ----------
+    random_state : int, RandomState instance or None
+        Turned into a seed with :func:`torch_seed`.
+
+    Returns
+    -------
+    generator : torch.Generator
+        A new generator; the global one is untouched.
+    """
     gen = torch.Generator()
     gen.manual_seed(torch_seed(random_state))
     return gen

@@ -24,10 +24,12 @@ def is_dataset(X):
     Parameters
     ----------
     X : object
+        Anything passed as ``X``.
 
     Returns
     -------
     bool
+        True for a ``Dataset`` or dataset-like view.
     """
     return not isinstance(X, (np.ndarray, torch.Tensor)) and (
         isinstance(X, Dataset)
@@ -125,10 +127,13 @@ def validate_X(estimator, X, *, reset, min_samples=1):
     Parameters
     ----------
     estimator : BaseEstimator
+        The estimator whose input is checked (``n_features_in_`` is set on it).
     X : array-like or Dataset
+        The input.
     reset : bool
         True in ``fit``, False afterwards.
     min_samples : int, default=1
+        Fewest samples accepted.
 
     Returns
     -------
@@ -198,6 +203,7 @@ def check_sample_domain(sample_domain, n_samples, *, require_auxiliary=True):
         One domain label per sample: negative for the target domain(s),
         positive for source / auxiliary domains; ``0`` is not a domain.
     n_samples : int
+        Number of samples of the X it belongs to.
     require_auxiliary : bool, default=True
         Whether at least one auxiliary (positive) sample is required.
 
@@ -251,6 +257,7 @@ def resolve_count(value, n):
     Parameters
     ----------
     value : int, float in [0, 1) or None
+        A count, a fraction of ``n``, or None (no count).
     n : int
         Total count a fraction refers to.
 
