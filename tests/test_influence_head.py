@@ -251,3 +251,123 @@ def test_extract_features_and_entry_point(digits):
         bad[3, 3] = np.inf
         influence_scores(net, bad, y, X, y)
 
+
+
+def test_params_named_after_the_head(digits):
+    F, y, Fv, yv = digits
+    res = head_influence(F, y, Fv, yv, n_classes=10, alpha=ALPHA)
+    assert res.params == ["weight", "bias"]  # not a made-up "head." prefix
+    res = head_influence(F, y, Fv, yv, n_classes=10, alpha=ALPHA, W=res.W, b=res.b,
+                         head="classifier.3")
+    assert res.params == ["classifier.3.weight", "classifier.3.bias"]
+
+
+# ---------------------------------------------------------------------------
+# Target-aware cross-fitting
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed(digits):
+    """150 digits: 90 target samples, 60 auxiliary ones (every class in both)."""
+    F, y, _, _ = digits
+    target = np.zeros(len(F), bool)
+    target[np.random.default_rng(0).permutation(len(F))[:90]] = True
+    return F, y, target
+
+
+def _by_hand(F, y, folds, **kw):
+    """Per-fold head_influence computed directly: score sums and counts."""
+    total, count = np.zeros(len(F)), np.zeros(len(F))
+    probas = []
+    for tr, va in folds:
+        W, b = fit_head(F[tr], y[tr], 10, alpha=ALPHA)
+        pv = predict_proba_head(F[va], W, b)
+        loss = -np.log(pv[np.arange(len(va)), y[va]])
+        w = trim_weights(loss, pv.argmax(1), y[va], "auto", user_given=False)
+        res = head_influence(F[tr], y[tr], F[va], y[va], n_classes=10, alpha=ALPHA, W=W,
+                             b=b, val_weights=w, **kw)
+        total[tr] += res.scores
+        count[tr] += 1
+        probas.append(predict_proba_head(F, W, b))
+    return total, count, probas
+
+
+def test_target_folds_validate_on_target_only(mixed):
+    F, y, target = mixed
+    res = cross_fit_head_influence(F, y, n_classes=10, cv=3, alpha=ALPHA, random_state=0,
+                                   target=target)
+    assert len(res.folds) == 3
+    held_out = np.concatenate([va for _, va in res.folds])
+    np.testing.assert_array_equal(np.sort(held_out), np.flatnonzero(target))
+    for tr, va in res.folds:
+        assert target[va].all()
+        np.testing.assert_array_equal(np.sort(np.r_[tr, va]), np.arange(len(F)))
+        assert (~target[tr]).sum() == (~target).sum()  # every auxiliary sample trains
+        # stratified over the target labels
+        np.testing.assert_array_less(np.abs(np.bincount(y[va], minlength=10) * 3
+                                            - np.bincount(y[target], minlength=10)), 3)
+    np.testing.assert_array_equal(res.target, target)
+    assert np.isfinite(res.oof_self_influence[target]).all()
+    assert np.isnan(res.oof_self_influence[~target]).all()
+
+
+def test_target_scores_equal_per_fold_head_influence(mixed):
+    F, y, target = mixed
+    res = cross_fit_head_influence(F, y, n_classes=10, cv=3, alpha=ALPHA, random_state=0,
+                                   target=target)
+    total, count, probas = _by_hand(F, y, res.folds)
+    np.testing.assert_array_equal(count[~target], 3)  # against every target fold
+    np.testing.assert_array_equal(count[target], 2)  # out of fold
+    np.testing.assert_allclose(res.scores, total / count, rtol=1e-6, atol=1e-12)
+    # auxiliary probabilities: the in-sample mean over the fold heads
+    mean = np.mean(probas, axis=0)
+    np.testing.assert_allclose(res.oof_proba[~target], mean[~target], rtol=1e-6, atol=1e-12)
+    for (_, va), P in zip(res.folds, probas):
+        np.testing.assert_allclose(res.oof_proba[va], P[va], rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(res.oof_loss, -np.log(res.oof_proba[np.arange(len(y)), y]))
+
+
+def test_target_all_true_is_plain_cross_fitting(mixed):
+    F, y, _ = mixed
+    a = cross_fit_head_influence(F, y, n_classes=10, cv=3, alpha=ALPHA, random_state=0)
+    c = cross_fit_head_influence(F, y, n_classes=10, cv=3, alpha=ALPHA, random_state=0,
+                                 target=np.ones(len(F), bool))
+    for (tr, va), (tr2, va2) in zip(a.folds, c.folds):
+        np.testing.assert_array_equal(tr, tr2)
+        np.testing.assert_array_equal(va, va2)
+    for name in ("scores", "oof_proba", "oof_self_influence"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(c, name))
+    assert a.target is None
+
+
+def test_target_class_absent_from_target_part(mixed):
+    F, y, target = mixed
+    t = target & (y != 4)  # class 4 only among the auxiliary samples
+    res = cross_fit_head_influence(F, y, n_classes=10, cv=3, alpha=ALPHA, random_state=0,
+                                   target=t)
+    assert np.isfinite(res.scores).all()
+    assert all((y[va] != 4).all() for _, va in res.folds)
+    assert (res.oof_proba[y == 4].argmax(1) == 4).mean() > 0.5  # still learnt
+
+
+def test_target_errors(mixed):
+    F, y, target = mixed
+    kw = dict(n_classes=10, cv=3, alpha=ALPHA, random_state=0)
+    with pytest.raises(ValueError, match=r"target must have shape \(150,\)"):
+        cross_fit_head_influence(F, y, target=target[:-1], **kw)
+    with pytest.raises(ValueError, match="boolean mask, got dtype int64"):
+        cross_fit_head_influence(F, y, target=target.astype(np.int64), **kw)
+    with pytest.raises(ValueError, match="selects no sample"):
+        cross_fit_head_influence(F, y, target=np.zeros(len(F), bool), **kw)
+    short = target.copy()
+    short[np.flatnonzero(target & (y == 7))[2:]] = False  # 2 target sevens left
+    n7 = int((y == 7).sum())
+    with pytest.raises(ValueError, match=rf"class 7 has 2 \(of {n7} in all\)"):
+        cross_fit_head_influence(F, y, target=short, **kw)
+    with pytest.raises(ValueError, match=r"cv=3 folds need at least 3 target samples"):
+        cross_fit_head_influence(F, y, target=short, **kw)
+    # the same check without a target names the class too
+    with pytest.raises(ValueError, match=r"class 9 has 1"):
+        cross_fit_head_influence(F[y != 9][:100].tolist() + [F[y == 9][0].tolist()],
+                                 np.r_[y[y != 9][:100], 9], **kw)

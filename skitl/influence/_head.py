@@ -48,6 +48,11 @@ from ._solvers import conjugate_gradient
 # features with 10 classes give 20,490).
 DENSE_MAX_DIM = 20500
 
+# Rows (a fixed random subset beyond this) from which the block-Jacobi
+# preconditioner is estimated: it only steers CG, and computing it from every
+# row would whiten all n rows explicitly (n d² flops) at each Newton step.
+_PRECOND_ROWS = 8192
+
 # Relative damping levels tried in turn when damping="auto" and the
 # undamped (null-space-deflated) system fails numerically.
 _AUTO_DAMPING_LADDER = (0.0, 1e-9, 1e-6, 1e-3)
@@ -155,6 +160,7 @@ class _Design:
         self.dp = coords.dp
         self.Tr = coords.T
         self._cached = None
+        self._sample = None
         if cache and chunks.single:
             for sl, X in self._centred():
                 if coords.T is not None:
@@ -192,6 +198,29 @@ class _Design:
         """Explicit augmented rows ``a_i`` of a chunk."""
         Z = X if self.Tr is None else X @ self.Tr
         return torch.cat([Z, torch.ones(len(Z), 1, dtype=Z.dtype, device=Z.device)], 1)
+
+    def sample(self):
+        """``(idx, A_s)``: at most ``_PRECOND_ROWS`` explicit rows, kept.
+
+        ``idx`` (a device tensor of positions, or None for all rows) is a
+        fixed random subset, the same for in-memory and chunked sources.
+        """
+        if self._sample is None:
+            n = self.n
+            dev = self.coords.device
+            idx = None
+            if n > _PRECOND_ROWS:
+                idx = np.sort(np.random.default_rng(0).choice(n, _PRECOND_ROWS,
+                                                              replace=False))
+            if self._cached is not None:
+                X = self._cached[1]
+                A = self.rows(X if idx is None else X[torch.as_tensor(idx, device=dev)])
+            else:
+                src = self.chunks if idx is None else self.chunks.subset(idx)
+                mu = self.coords.mu
+                A = torch.cat([self.rows(X if mu is None else X - mu) for _, X in src])
+            self._sample = (None if idx is None else torch.as_tensor(idx, device=dev), A)
+        return self._sample
 
     def gram(self, R):
         """``Σ_i R_i a_iᵀ`` for per-row vectors ``R`` of shape (n, k)."""
@@ -314,18 +343,18 @@ class _HeadHessian:
         ``Σ_i a_ij² (diag p_i − p_i p_iᵀ) / n + pen_j I``. As a block-Jacobi
         preconditioner it captures the coupling between classes that a plain
         diagonal misses (whitening already removed most of the coupling
-        between features). Its diagonal is the diagonal of ``H``.
+        between features). Estimated from at most ``_PRECOND_ROWS`` rows
+        (a fixed random subset; exact below that), so that its diagonal is
+        the diagonal of ``H`` only up to that sampling.
         """
         k = self.k
-        D = torch.zeros(self.dp, k, dtype=torch.float64, device=self.device)
-        M = torch.zeros(self.dp, k * k, dtype=torch.float64, device=self.device)
-        for sl, X in self.design:
-            A2 = self.design.rows(X) ** 2 / self.n
-            P = self.P[sl]
-            D += A2.T @ P
-            # one GEMM over the flattened outer products: einsum's contraction
-            # order here was ~10x slower and dominated the head fit.
-            M += A2.T @ (P[:, :, None] * P[:, None, :]).reshape(len(P), -1)
+        idx, A = self.design.sample()
+        P = self.P if idx is None else self.P[idx]
+        A2 = A**2 / len(A)
+        D = A2.T @ P
+        # one GEMM over the flattened outer products: einsum's contraction
+        # order here was ~10x slower and dominated the head fit.
+        M = A2.T @ (P[:, :, None] * P[:, None, :]).reshape(len(P), -1)
         blocks = -M.reshape(-1, k, k)
         idx = torch.arange(k, device=self.device)
         blocks[:, idx, idx] += D + self.pen[:, None]
@@ -421,11 +450,19 @@ def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
     gmax = np.inf
     n_newton = 0
     history = []
+    polished = False
     for it in range(1, max_iter + 1):
         n_newton = it
         gmax = float(g.abs().max())
         if gmax <= tol:
-            break
+            # One more (cheap, loosely solved) Newton step past the tolerance:
+            # quadratic convergence takes the gradient from <= tol to the
+            # rounding floor, so the minimiser no longer depends on the
+            # summation order (one in-memory chunk or many from a memmap)
+            # beyond ~1e-15, where stopping at tol left differences ~tol.
+            if polished or gmax == 0.0:
+                break
+            polished = True
         hess = _HeadHessian(design, P, pen)
         blocks = hess.column_blocks()
         mean_diag = float(blocks.diagonal(dim1=1, dim2=2).mean())
@@ -465,6 +502,7 @@ def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
         if len(history) > 6 and gmax > 0.5 * history[-6]:
             break  # stagnated at the rounding floor
         th = th_new
+        P = hess = op = None  # one n × k array at a time
         loss, P, g = objective(th, True)
     else:
         gmax = float(g.abs().max())
@@ -745,12 +783,13 @@ class _HeadScores:
 
 def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping="auto",
                 hessian="exact", solver="auto", val_weights=None, tol=1e-10,
-                need_factor=False, fit_tol=1e-10, max_iter=1000, verbose=0):
+                need_factor=False, fit_tol=1e-10, max_iter=1000, init=None, verbose=0):
     """The head influence computation shared by every caller.
 
     ``tr`` and ``va`` are validated :class:`FeatureChunks`, ``y_tr``/``y_va``
     int64 label arrays. The head is fitted on ``tr`` when ``W`` is None
-    (sharing the whitening with the solve). ``val_weights`` may be a
+    (sharing the whitening with the solve), from ``init`` (a ``(W, b)`` warm
+    start) when given. ``val_weights`` may be a
     callable ``proba_val -> weights`` (cross-fitting trims on the fold's own
     probabilities). Returns a :class:`_HeadScores`.
     """
@@ -764,7 +803,7 @@ def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping
             else _Coords.whitening(tr)
         A = _Design(tr, coords, cache=True)
         if W is None:
-            W, b = _fit_in(A, y_tr, k, alpha, tol=fit_tol, max_iter=max_iter, init=None)
+            W, b = _fit_in(A, y_tr, k, alpha, tol=fit_tol, max_iter=max_iter, init=init)
             seconds["fit"] = time.perf_counter() - t0
             if hessian == "identity":
                 # Gradient similarity depends on the parametrisation: use the original.
