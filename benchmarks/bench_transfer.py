@@ -26,8 +26,17 @@ fixed long schedule that can memorise noise), and the strategies
 Results go to ``--out`` as ``<task>[_<tag>].csv`` (one row per fine-tuning
 run), ``.md`` (mean ± std over seeds), ``_accuracy.png`` (accuracy against
 noise per selector) and ``_scores.png`` (score histograms, clean vs
-corrupted). The CSV and the table are rewritten after every seed x noise
-block, so an interrupted run keeps what it finished.
+corrupted). Each fine-tuning run is a *cell*: the CSV and the table are
+rewritten atomically after every cell, so an interrupted run loses at most
+the cell in progress, and ``--resume`` runs only the cells not yet in the CSV
+(a seed x noise block whose cells are all done is not even loaded).
+
+``--quick`` finishes in under 5 minutes per task on 2 CPU cores with
+``--threads 1``: one seed, small subsets, few epochs, the early-stopping
+regime only, no strategy sweep. The slow parts are opt-in: deep influence
+(``--selectors ... influence_deep``), the strategy sweep (``--strategies``),
+the long regime (``--regime long`` / ``both``) and larger subsets
+(``--n-train``).
 
 Examples
 --------
@@ -36,23 +45,27 @@ Examples
     python benchmarks/bench_transfer.py --task digits --quick
     python benchmarks/bench_transfer.py --task mnist_usps --seeds 0 1 2 --noise 0 0.2
     python benchmarks/bench_transfer.py --task cifar10 --noise 0 0.2 --regime both
+    python benchmarks/bench_transfer.py --task cifar10 --noise 0 0.2 --resume
 """
 
-import argparse
-import csv
 import os
-import platform
 import sys
-import tempfile
 import time
-from datetime import datetime, timezone
 
 import numpy as np
+
+from skitl._experiment import cleanlab_available
+
+# the shared protocol lives next to this script
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
 
 TASKS = ("digits", "mnist_usps", "cifar10", "imagenet_cifar10", "imagenet_cifar100")
 #: Selectors compared under strategy="finetune", in table order.
 SELECTORS = ("none", "random", "loss", "cleanlab", "influence_plain",
              "influence_auto", "influence_deep")
+#: Opt-in: slow (deep influence runs per-sample gradients of a block).
+SLOW_SELECTORS = ("influence_deep",)
 #: Strategies compared with no selector and with influence_auto.
 STRATEGIES = ("finetune", "partial", "linear_probe", "scratch")
 STRATEGY_SELECTORS = ("none", "influence_auto")
@@ -99,6 +112,8 @@ CONFIGS["imagenet_cifar100"] = dict(CONFIGS["imagenet_cifar10"])
 _COLUMNS = ("task", "noise_kind", "noise", "seed", "regime", "strategy", "selector",
             "method", "accuracy", "n_train", "n_removed", "auroc", "precision",
             "recall", "score_seconds", "fit_seconds", "epochs_run")
+#: The columns that name a cell: one fine-tuning run.
+CELL_COLUMNS = ("noise_kind", "noise", "seed", "regime", "strategy", "selector")
 
 
 # ---------------------------------------------------------------------------
@@ -121,15 +136,9 @@ def _default_data_dir():
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See docs/benchmarks.md for the protocol and the results.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--task", choices=TASKS, default="digits")
-    p.add_argument("--quick", action="store_true",
-                   help="a few minutes: 1 seed, small subsets, few epochs "
-                        "(explicit options still win)")
+    p = _harness.base_parser(__doc__, "docs/benchmarks.md", TASKS, "digits",
+                             "1 seed, small subsets, few epochs, early stopping only, "
+                             "no strategy sweep")
     p.add_argument("--data-dir", default=_default_data_dir(),
                    help="folder with mnist/, usps/, cifar10_test_jpg/, "
                         "cifar10_resnet_weights/ (../shared/data when it exists)")
@@ -141,15 +150,17 @@ def build_parser():
                         "(default 0 0.2 0.4; 0 0.2 with --quick)")
     p.add_argument("--noise-kind", nargs="+", default=["symmetric"],
                    choices=("symmetric", "asymmetric"))
-    p.add_argument("--regime", choices=(*REGIMES, "both"), default="both",
+    p.add_argument("--regime", choices=(*REGIMES, "both"), default=None,
                    help="early_stopping: stop on a held-out 10%% of the (noisy) "
-                        "training data; long: a fixed schedule without stopping")
+                        "training data; long: a fixed schedule without stopping "
+                        "(default: both; early_stopping with --quick)")
     p.add_argument("--selectors", nargs="+", default=None, choices=SELECTORS,
                    help="selectors compared under strategy=finetune "
-                        "(default: all available)")
+                        "(default: all available but the slow influence_deep)")
     p.add_argument("--strategies", nargs="*", default=None, choices=STRATEGIES,
                    help="strategies compared with no selector and influence_auto "
-                        "(default: all; pass none to skip)")
+                        "(default: all, none with --quick; pass the option alone "
+                        "to skip them)")
     p.add_argument("--strategy-regime", choices=REGIMES, default=None,
                    help="regime of the strategy comparison (default: the first "
                         "regime run)")
@@ -176,14 +187,7 @@ def build_parser():
                    help="imagenet tasks: torchvision dataset root")
     p.add_argument("--download", action="store_true",
                    help="imagenet tasks: let torchvision download CIFAR")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(),
-                                                       "skitl-bench-cache"),
-                   help="where pretrained source networks are cached")
-    p.add_argument("--out", default=os.path.join("benchmarks", "results"))
-    p.add_argument("--tag", default=None,
-                   help="suffix of the output names (default 'quick' with --quick)")
-    p.add_argument("--quiet", action="store_true")
+    _harness.add_run_arguments(p, out=os.path.join("benchmarks", "results"))
     p.add_argument("--report", nargs="+", metavar="CSV", default=None,
                    help="print compact accuracy / detection tables of result CSVs "
                         "(of one task) and exit")
@@ -192,10 +196,7 @@ def build_parser():
 
 def resolve_config(args):
     """The task's settings after --quick and explicit options."""
-    base = dict(CONFIGS[args.task])
-    quick = base.pop("quick")
-    if args.quick:
-        base.update(quick)
+    base = _harness.task_config(CONFIGS, args.task, args.quick)
     for opt, key in (("n_train", "n_train"), ("n_test", "n_test"),
                      ("epochs_long", "epochs_long"), ("epochs_es", "epochs_es"),
                      ("batch_size", "batch_size"), ("lr", "lr"),
@@ -205,24 +206,21 @@ def resolve_config(args):
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     noise = args.noise if args.noise is not None else (
         [0.0, 0.2] if args.quick else [0.0, 0.2, 0.4])
-    regimes = list(REGIMES) if args.regime == "both" else [args.regime]
-    selectors = list(args.selectors) if args.selectors is not None else list(SELECTORS)
-    if not _cleanlab_available() and "cleanlab" in selectors:
+    regime = args.regime or ("early_stopping" if args.quick else "both")
+    regimes = list(REGIMES) if regime == "both" else [regime]
+    selectors = list(args.selectors) if args.selectors is not None else [
+        s for s in SELECTORS if s not in SLOW_SELECTORS]
+    if not cleanlab_available() and "cleanlab" in selectors:
         print('cleanlab is not installed: skipping it (pip install "skitl[cleanlab]")')
         selectors.remove("cleanlab")
-    strategies = list(STRATEGIES) if args.strategies is None else list(args.strategies)
+    if args.strategies is not None:
+        strategies = list(args.strategies)
+    else:
+        strategies = [] if args.quick else list(STRATEGIES)
     strategies = [s for s in strategies if s != "finetune"]  # finetune: the selector rows
     return base, dict(seeds=seeds, noise=noise, regimes=regimes, selectors=selectors,
                       strategies=strategies,
                       strategy_regime=args.strategy_regime or regimes[0])
-
-
-def _cleanlab_available():
-    try:
-        import cleanlab  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------
@@ -239,16 +237,10 @@ class Task:
 
     # -- the classifier template --------------------------------------------
     def estimator(self, seed):
-        from skitl import TransferClassifier
-
-        cfg = self.cfg
         module, weights = self.network()
-        return TransferClassifier(
-            module, weights, strategy="finetune", optimizer=cfg["optimizer"],
-            lr=cfg["lr"], backbone_lr_scale=cfg["backbone_lr_scale"],
-            weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"],
-            train_transform=self.transform(), device=self.args.device, random_state=seed,
-        )
+        return _harness.transfer_classifier(module, weights, self.cfg,
+                                            transform=self.transform(),
+                                            device=self.args.device, random_state=seed)
 
     def transform(self):
         if not self.cfg.get("augment"):
@@ -292,26 +284,19 @@ class MnistUspsTask(Task):
         import torch
 
         from skitl.datasets import load_mnist_usps
-        from skitl.models import pretrain_source_cnn
+        from skitl.models import SmallCNN, pretrain_source_cnn
 
         cfg = self.cfg
-        tag = f"mnist16_smallcnn_n{cfg['n_source']}_e{cfg['pretrain_epochs']}_s0.pt"
-        path = os.path.join(self.args.cache_dir, tag)
         d = load_mnist_usps(self.args.data_dir, n_source=cfg["n_source"],
                             n_target_train=10, random_state=0)
-        if os.path.exists(path):
-            net = torch.load(path, map_location="cpu", weights_only=False)
-            self.info["source"] = f"cached {path}"
-        else:
-            t0 = time.perf_counter()
-            net = pretrain_source_cnn(d.X_source, d.y_source, n_classes=10,
-                                      epochs=cfg["pretrain_epochs"], random_state=0)
-            secs = time.perf_counter() - t0
-            os.makedirs(self.args.cache_dir, exist_ok=True)
-            torch.save(net, path)
-            self.info["source"] = (f"SmallCNN pretrained on {len(d.y_source)} MNIST "
-                                   f"images, {cfg['pretrain_epochs']} epochs, "
-                                   f"{secs:.0f}s")
+        net, how = _harness.cached_network(
+            _harness.private_cache_dir(self.args.cache_dir),
+            f"mnist16_smallcnn_n{cfg['n_source']}_e{cfg['pretrain_epochs']}_s0",
+            lambda: pretrain_source_cnn(d.X_source, d.y_source, n_classes=10,
+                                        epochs=cfg["pretrain_epochs"], random_state=0),
+            lambda: SmallCNN(n_classes=10))
+        self.info["source"] = (f"SmallCNN pretrained on {len(d.y_source)} MNIST "
+                               f"images, {cfg['pretrain_epochs']} epochs ({how})")
         with torch.inference_mode():
             pred = net(torch.as_tensor(d.X_test)).argmax(1).numpy()
         self.info["source_acc_on_target_test"] = float((pred == d.y_test).mean())
@@ -446,30 +431,6 @@ TASK_CLASSES = {"digits": DigitsTask, "mnist_usps": MnistUspsTask,
 # ---------------------------------------------------------------------------
 
 
-def _rows_of(X, mask):
-    if isinstance(X, np.ndarray):
-        return X[mask]
-    import torch
-
-    return torch.utils.data.Subset(X, np.flatnonzero(mask).tolist())
-
-
-def fit_score(estimator, X, y, mask, X_test, y_test, **params):
-    """Fine-tune a clone on the kept rows; accuracy, seconds, epochs run.
-
-    Like :func:`skitl._experiment.finetune`, plus the number of epochs (where
-    early stopping stopped) and torch Datasets as X.
-    """
-    from sklearn.base import clone
-
-    clf = clone(estimator).set_params(**params)
-    t0 = time.perf_counter()
-    clf.fit(_rows_of(X, mask), np.asarray(y)[mask])
-    seconds = time.perf_counter() - t0
-    acc = float(np.mean(clf.predict(X_test) == np.asarray(y_test)))
-    return acc, seconds, len(clf.net_.history)
-
-
 def regime_params(regime, cfg):
     if regime == "early_stopping":
         return dict(early_stopping=True, max_epochs=cfg["epochs_es"],
@@ -491,72 +452,106 @@ def method_label(strategy, selector):
     return strategy if selector == "none" else f"{strategy}+{selector}"
 
 
-def run(args):
-    import torch
+def blocks_of(args, setup):
+    """The seed x noise-kind x rate blocks; noise 0 is run for the first kind only."""
+    return [(seed, kind, rate) for seed in setup["seeds"] for kind in args.noise_kind
+            for rate in setup["noise"] if not (rate == 0 and kind != args.noise_kind[0])]
 
+
+def selectors_needed(pending):
+    """The selectors the pending runs of a block need, the reference included."""
+    from skitl._experiment import COUNT_MATCHED, REFERENCE
+
+    needed = {s for _, _, s in pending if s != "none"}
+    if needed & set(COUNT_MATCHED):
+        needed.add(REFERENCE)
+    return sorted(needed, key=SELECTORS.index)
+
+
+def run(args):
     from skitl._experiment import run_selectors
 
-    torch.set_num_threads(max(1, args.threads))
-    # The pretrained SmallCNN produces denormal floats: without flushing them
-    # to zero its fine-tuning ran 19x slower on the CPU (measured).
-    torch.set_flush_denormal(True)
+    _harness.limit_threads(args.threads)
     cfg, setup = resolve_config(args)
     task = TASK_CLASSES[args.task](args.task, cfg, args)
     tag = args.tag if args.tag is not None else ("quick" if args.quick else "")
     stem = os.path.join(args.out, args.task + (f"_{tag}" if tag else ""))
-    os.makedirs(args.out, exist_ok=True)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    started = datetime.now(timezone.utc)
-    t_start = time.perf_counter()
-    scoring = [s for s in setup["selectors"] if s != "none"]
-    if ("random" in scoring or "loss" in scoring or setup["strategies"]) \
-            and "influence_auto" not in scoring:
-        scoring.append("influence_auto")  # the reference count / strategy mask
-    rows, hist = [], {}
-    blocks = [(seed, kind, rate) for seed in setup["seeds"] for kind in args.noise_kind
-              for rate in setup["noise"] if not (rate == 0 and kind != args.noise_kind[0])]
-    runs = plan(setup)
+    config = {"task": args.task, "settings": cfg,
+              "network": [args.weights, args.arch, args.image_folder]}
+    store = _harness.CellStore(stem + ".csv", _COLUMNS, CELL_COLUMNS, config,
+                               resume=args.resume)
+    run_info = dict(command=_harness.command_line(__file__), started=_harness.now(),
+                    t_start=time.perf_counter(),
+                    machine=_harness.machine(args.threads, args.device))
+    blocks, runs = blocks_of(args, setup), plan(setup)
+    say(f"command: {run_info['command']}\nstarted {run_info['started']:%Y-%m-%d %H:%M} "
+        f"UTC on {run_info['machine']}")
     say(f"{args.task}: {len(blocks)} seed x noise blocks x {len(runs)} fine-tuning runs; "
         f"config {cfg}")
+    if store.n_resumed:
+        say(f"--resume: {store.n_resumed} finished cells kept from {store.path}")
+
+    def cell(seed, kind, rate, regime, strategy, sname):
+        return dict(noise_kind=kind, noise=rate, seed=seed, regime=regime,
+                    strategy=strategy, selector=sname)
+
+    def finished():
+        return all(store.done(**cell(*blk, *r)) for blk in blocks for r in runs)
+
+    hist = {}
     for b, (seed, kind, rate) in enumerate(blocks, 1):
+        pending = [r for r in runs if not store.done(**cell(seed, kind, rate, *r))]
+        if not pending:
+            say(f"[{b}/{len(blocks)}] seed {seed} {kind} noise {rate:g}: all "
+                f"{len(runs)} cells done, skipped")
+            continue
         t_block = time.perf_counter()
         d = task.data(seed, rate, kind)
         base = task.estimator(seed)
         n_train = len(d.y_train)
         say(f"[{b}/{len(blocks)}] seed {seed} {kind} noise {rate:g}: {n_train} train "
-            f"({int(np.sum(d.is_corrupted))} corrupted), {len(d.y_test)} test "
-            f"{task.info or ''}")
-        sel = run_selectors(scoring, base, d.X_train, d.y_train,
+            f"({int(np.sum(d.is_corrupted))} corrupted), {len(d.y_test)} test, "
+            f"{len(pending)} of {len(runs)} cells to run {task.info or ''}")
+        sel = run_selectors(selectors_needed(pending), base, d.X_train, d.y_train,
                             is_corrupted=d.is_corrupted, random_state=seed,
-                            alpha=cfg["alpha"], cv=5, deep_params=cfg["reinit"],
-                            device=args.device, verbose=not args.quiet)
+                            make=_harness.make_selector, alpha=cfg["alpha"], cv=5,
+                            deep_params=cfg["reinit"], device=args.device,
+                            verbose=not args.quiet)
         if seed == setup["seeds"][0]:
             hist[(kind, rate)] = {k: (v["scores"], np.asarray(d.is_corrupted))
                                   for k, v in sel.items() if v["scores"] is not None}
         none = {"mask": np.ones(n_train, bool), "n_removed": 0, "seconds": 0.0,
                 "auroc": np.nan, "precision": np.nan, "recall": np.nan}
-        for regime, strategy, sname in runs:
+        for regime, strategy, sname in pending:
             s = none if sname == "none" else sel[sname]
             params = {"strategy": strategy, **regime_params(regime, cfg)}
             if strategy == "partial":
                 params["reinit"] = cfg["reinit"]
-            acc, secs, epochs = fit_score(base, d.X_train, d.y_train, s["mask"],
-                                          d.X_test, d.y_test, **params)
-            rows.append(dict(task=args.task, noise_kind=kind, noise=rate, seed=seed,
-                             regime=regime, strategy=strategy, selector=sname,
-                             method=method_label(strategy, sname), accuracy=acc,
-                             n_train=n_train, n_removed=s["n_removed"],
-                             auroc=s["auroc"], precision=s["precision"],
-                             recall=s["recall"], score_seconds=s["seconds"],
-                             fit_seconds=secs, epochs_run=epochs))
+            pred, secs, epochs = _harness.fit_score(base, d.X_train, d.y_train,
+                                                    s["mask"], d.X_test, **params)
+            acc = float(np.mean(pred == np.asarray(d.y_test)))
+            store.add([dict(task=args.task, method=method_label(strategy, sname),
+                            accuracy=acc, n_train=n_train, n_removed=s["n_removed"],
+                            auroc=s["auroc"], precision=s["precision"],
+                            recall=s["recall"], score_seconds=s["seconds"],
+                            fit_seconds=secs, epochs_run=epochs,
+                            **cell(seed, kind, rate, regime, strategy, sname))])
             say(f"  {regime:<14} {method_label(strategy, sname):<28} acc {acc:.3f}  "
                 f"removed {s['n_removed']:4d}  {epochs:2d} ep  {secs:6.1f}s")
+            write_results(stem, store, None, args, cfg, run_info, task.info,
+                          done=finished())
+            if args.pause:
+                time.sleep(args.pause)
         say(f"  block done in {time.perf_counter() - t_block:.0f}s "
-            f"(total {time.perf_counter() - t_start:.0f}s)")
-        write_results(stem, rows, hist, args, cfg, setup, started,
-                      time.perf_counter() - t_start, task.info,
-                      done=b == len(blocks))
-    return rows
+            f"(total {time.perf_counter() - run_info['t_start']:.0f}s)")
+        write_results(stem, store, hist, args, cfg, run_info, task.info,
+                      done=finished())
+    write_results(stem, store, hist, args, cfg, run_info, task.info,
+                  done=finished())
+    say(f"wall time {(time.perf_counter() - run_info['t_start']) / 60:.1f} min; "
+        f"results in {store.path}")
+    return store.rows
 
 
 # ---------------------------------------------------------------------------
@@ -598,21 +593,22 @@ def markdown(rows):
     return markdown_table(table, cols)
 
 
-def write_results(stem, rows, hist, args, cfg, setup, started, wall, info, done):
-    with open(stem + ".csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(_COLUMNS))
-        w.writeheader()
-        w.writerows(rows)
+def write_results(stem, store, hist, args, cfg, run_info, info, done):
+    """Rewrite the summary page (and, given ``hist``, the plots) from the store."""
+    rows = store.rows
+    if not rows:
+        return
     seeds = sorted({r["seed"] for r in rows})
-    cmd = " ".join(["python", "benchmarks/bench_transfer.py"] + sys.argv[1:])
+    wall = time.perf_counter() - run_info["t_start"]
+    fit_time = sum(float(r["fit_seconds"]) for r in rows)
     head = [
         f"# {args.task}: selectors x strategies" + ("" if done else " (PARTIAL: run not finished)"),
         "",
-        f"- command: `{cmd}`",
-        f"- started {started:%Y-%m-%d %H:%M} UTC; wall time so far {wall / 60:.1f} min; "
-        f"seeds done {seeds}",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
-        f"cores, torch threads {args.threads}, device {args.device}",
+        f"- command: `{run_info['command']}`",
+        f"- started {run_info['started']:%Y-%m-%d %H:%M} UTC; wall time of this "
+        f"invocation {wall / 60:.1f} min (fine-tuning time summed over all "
+        f"{len(rows)} cells: {fit_time / 60:.1f} min); seeds done {seeds}",
+        f"- machine: {run_info['machine']}",
         f"- settings: {cfg}",
         f"- source: {info}" if info else "",
         "- accuracy: clean target test set, mean ± std over seeds; n_removed, auroc "
@@ -620,10 +616,11 @@ def write_results(stem, rows, hist, args, cfg, setup, started, wall, info, done)
         "set), score_seconds, fit_seconds: means",
         "",
     ]
-    with open(stem + ".md", "w") as fh:
-        fh.write("\n".join(line for line in head if line is not None) + "\n")
-        fh.write(pivot_markdown(rows) + "\n\n## All runs, mean over seeds\n\n")
-        fh.write(markdown(rows) + "\n")
+    _harness.atomic_write(stem + ".md", "\n".join(head) + "\n" + pivot_markdown(rows)
+                          + "\n\n## All runs, mean over seeds\n\n" + markdown(rows)
+                          + "\n")
+    if hist is None:
+        return
     try:
         plot_accuracy(rows, stem + "_accuracy.png", args.task)
         plot_scores(hist, stem + "_scores.png", args.task)
@@ -702,17 +699,7 @@ def plot_scores(hist, path, task):
 
 
 def _read_csv(paths):
-    rows = []
-    for path in paths:
-        with open(path, newline="") as fh:
-            for r in csv.DictReader(fh):
-                for k in ("noise", "accuracy", "auroc", "precision", "recall",
-                          "score_seconds", "fit_seconds"):
-                    r[k] = float(r[k]) if r[k] not in ("", "nan") else np.nan
-                for k in ("seed", "n_train", "n_removed", "epochs_run"):
-                    r[k] = int(r[k])
-                rows.append(r)
-    return rows
+    return [r for path in paths for r in _harness.read_csv(path)]
 
 
 def pivot_markdown(rows):

@@ -6,7 +6,13 @@ import time
 
 import numpy as np
 
-from ._experiment import markdown_table, run_selectors, summarise
+from ._experiment import (
+    cleanlab_available,
+    finetune,
+    markdown_table,
+    run_selectors,
+    summarise,
+)
 
 #: (method label, strategy, selector name)
 METHODS = (
@@ -24,14 +30,6 @@ METHODS = (
 #: Parameters the ``partial`` strategy re-initialises: the last convolution
 #: and the head (the paper's variant (b)).
 PARTIAL_REINIT = ["features.5.*", "fc.*"]
-
-
-def _cleanlab_available():
-    try:
-        import cleanlab  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def run_demo(noise=(0.3,), n_seeds=1, epochs=60, methods=None, out="skitl-demo",
@@ -72,7 +70,7 @@ def run_demo(noise=(0.3,), n_seeds=1, epochs=60, methods=None, out="skitl-demo",
         if unknown:
             raise SystemExit(f"unknown methods {sorted(unknown)}; "
                              f"choose from {[m[0] for m in METHODS]}")
-    if not _cleanlab_available():
+    if not cleanlab_available():
         chosen = [m for m in chosen if m[2] != "cleanlab"]
         print("cleanlab is not installed: skipping finetune+cleanlab "
               '(pip install "skitl[cleanlab]")')
@@ -106,7 +104,9 @@ def run_demo(noise=(0.3,), n_seeds=1, epochs=60, methods=None, out="skitl-demo",
                 if strategy == "partial":
                     params["reinit"] = PARTIAL_REINIT
                 s = sel[sname]
-                acc, secs = _finetune(base, data, s["mask"], params)
+                clf, secs = finetune(base, data.X_train, data.y_train, s["mask"],
+                                     **params)
+                acc = float(clf.score(data.X_test, data.y_test))
                 row = {"method": label, "noise": rate, "seed": seed, "accuracy": acc,
                        "n_removed": s["n_removed"], "auroc": s["auroc"],
                        "precision": s["precision"], "recall": s["recall"],
@@ -130,14 +130,6 @@ def run_demo(noise=(0.3,), n_seeds=1, epochs=60, methods=None, out="skitl-demo",
     print(f"\nwrote {out}/results.csv, {out}/results.md and {png} "
           f"in {time.perf_counter() - t_start:.0f}s")
     return 0
-
-
-def _finetune(base, data, mask, params):
-    clf = base.__class__(**{**base.get_params(), **params})
-    t0 = time.perf_counter()
-    clf.fit(data.X_train[mask], data.y_train[mask])
-    secs = time.perf_counter() - t0
-    return float(clf.score(data.X_test, data.y_test)), secs
 
 
 def _write_csv(path, rows):
