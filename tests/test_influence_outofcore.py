@@ -108,6 +108,10 @@ def test_any_array_like_and_tensor(data):
     res = cross_fit_head_influence(torch.from_numpy(F), y, n_classes=4, cv=3, alpha=ALPHA,
                                    random_state=0)
     assert _rel(ref.scores, res.scores) < 1e-10
+    pd = pytest.importorskip("pandas")  # rows by position, not columns by label
+    res = cross_fit_head_influence(pd.DataFrame(F), y, n_classes=4, cv=3, alpha=ALPHA,
+                                   random_state=0)
+    assert _rel(ref.scores, res.scores) < 1e-10
     a = head_influence(F, y, Fv, yv, n_classes=4, alpha=ALPHA)
     c = head_influence(_RowsOnly(F), y, _RowsOnly(Fv), yv, n_classes=4, alpha=ALPHA,
                        chunk_size=50)

@@ -173,7 +173,9 @@ def as_feature_source(F, name):
     """
     if isinstance(F, FeatureChunks):
         return F
-    if not (isinstance(F, (np.ndarray, torch.Tensor)) or _is_array_like(F)):
+    # pandas objects index columns with F[indices]: read them as arrays
+    if hasattr(F, "iloc") or not (isinstance(F, (np.ndarray, torch.Tensor))
+                                  or _is_array_like(F)):
         F = np.asarray(F)
     shape = tuple(F.shape)
     if len(shape) != 2:

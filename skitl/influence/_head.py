@@ -323,7 +323,8 @@ def predict_proba_head(F, W, b, *, device="cpu", chunk_size="auto"):
     proba : ndarray of float64 of shape (n_samples, n_classes)
     """
     chunks = FeatureChunks(as_feature_source(F, "F"), chunk_size=chunk_size, device=device)
-    return _proba(chunks, W, b).cpu().numpy()
+    with limit_threads():
+        return _proba(chunks, W, b).cpu().numpy()
 
 
 class _HeadHessian:
