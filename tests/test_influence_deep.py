@@ -336,3 +336,21 @@ def test_engine_does_not_import_peers():
                         else [node.module or ""])
                 assert not [m for m in mods if m.split(".")[0] in ("kronfluence", "captum")
                             ], path
+
+
+def test_ekfac_sees_module_outputs_despite_inplace_ops(data):
+    # ReLU(inplace=True) after a layer (and ``out += identity`` in ResNet
+    # blocks) modifies the layer's output in place; EK-FAC's statistics must
+    # still be those of the layer's output (they were the ReLU's before).
+    X, y, Xv, yv = data
+
+    def net(inplace):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(64, 16), nn.ReLU(inplace=inplace),
+                             nn.Linear(16, 10))
+
+    kw = dict(hessian="ekfac", damping=0.05, random_state=0)
+    a = deep_influence(net(True), X, y, Xv, yv, **kw)
+    b = deep_influence(net(False), X, y, Xv, yv, **kw)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5,
+                               atol=1e-7 * np.abs(b.scores).max())

@@ -237,8 +237,13 @@ class EKFAC:
                     raise ValueError(
                         f"EK-FAC needs each analysed module to run once per forward pass; "
                         f"{blk.name!r} runs more than once (shared weights).")
-                inputs[blk.name] = args[0].detach()
+                # Copies: a later in-place op (ReLU(inplace=True), ``out +=
+                # identity`` in ResNet blocks) would otherwise change the
+                # captured input, or make the gradient taken below the one
+                # of the modified tensor rather than of this module's output.
+                inputs[blk.name] = args[0].detach().clone()
                 outputs[blk.name] = out
+                return out.clone()
             handles.append(blk.module.register_forward_hook(fhook))
         try:
             theta = {k: v.detach().requires_grad_(True) for k, v in self.model.theta.items()}
