@@ -1,5 +1,6 @@
-"""Smoke tests of benchmarks/bench_transfer.py: argument parsing, and the
-ImageNet -> CIFAR code path offline (weights=None, a few local images)."""
+"""Smoke tests of benchmarks/bench_transfer.py: argument parsing, what --quick
+leaves out, and the ImageNet -> CIFAR code path offline (weights=None, a few
+local images). Interruption and --resume: tests/test_bench_target.py."""
 
 import csv
 import importlib.util
@@ -46,6 +47,33 @@ def test_full_defaults_and_overrides(bench):
     assert {r[1] for r in extra} == {"partial", "linear_probe", "scratch"}
     assert {r[2] for r in extra} <= {"none", "influence_auto"}
     assert {r[0] for r in extra} == {"early_stopping"}
+
+
+def test_quick_leaves_the_slow_parts_out(bench):
+    # quick: one seed, early stopping only, no strategy sweep, no deep influence
+    cfg, setup = bench.resolve_config(bench.build_parser().parse_args(
+        ["--task", "cifar10", "--quick"]))
+    assert setup["seeds"] == [0]
+    assert setup["regimes"] == ["early_stopping"]
+    assert setup["strategies"] == []
+    assert "influence_deep" not in setup["selectors"]
+    assert cfg["epochs_es"] <= 2 and cfg["n_train"] <= 300
+    # deep influence is opt-in in a full run too; asking for it works
+    _, setup = bench.resolve_config(bench.build_parser().parse_args(["--task", "cifar10"]))
+    assert "influence_deep" not in setup["selectors"]
+    _, setup = bench.resolve_config(bench.build_parser().parse_args(
+        ["--task", "cifar10", "--quick", "--selectors", "none", "influence_deep"]))
+    assert setup["selectors"] == ["none", "influence_deep"]
+
+
+def test_network_cache_is_private_by_default(bench, monkeypatch, tmp_path):
+    # (loading the script put benchmarks/ on sys.path)
+    import _harness
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = _harness.private_cache_dir()
+    assert Path(path) == tmp_path / "skitl" / "bench"
+    assert Path(path).stat().st_mode & 0o777 == 0o700
 
 
 def test_help_exits_cleanly(bench, capsys):
