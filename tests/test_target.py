@@ -127,12 +127,14 @@ def test_domain_classifier_is_a_density_ratio(rotated):
 
 @pytest.mark.parametrize("rotate, expect_most", [(1, True), (0, False)],
                          ids=["harmful_auxiliary", "helpful_auxiliary"])
-def test_auto_count_follows_the_target(rotate, expect_most):
-    """Every auxiliary sample is a candidate (threshold=inf); the target loss
+@pytest.mark.parametrize("threshold", [np.inf, None], ids=["inf", "none"])
+def test_auto_count_follows_the_target(rotate, expect_most, threshold):
+    """Every auxiliary sample is a candidate (no threshold); the target loss
     of refitted heads decides how many go: nearly all harmful (rotated) ones,
     few of the helpful (plain) ones."""
     X, y, sd, _, _ = _pool(rotate=rotate)
-    sel = InfluenceSampleSelector(alpha=1e-2, cv=3, threshold=np.inf, max_remove="auto",
+    sel = InfluenceSampleSelector(alpha=1e-2, cv=3, threshold=threshold,
+                                  max_remove="auto",
                                   random_state=0).fit(X, y, sample_domain=sd)
     search = sel.removal_search_
     assert sel.n_removed_ == search["chosen"]

@@ -87,8 +87,12 @@ class InfluenceSampleSelector(FeatureSelector):
         keeps all of a user-given ``X_val`` (assumed clean); a float drops
         that fraction of highest-loss validation samples; ``0`` is the plain
         mean loss (the paper's rule, which fails under label noise).
-    threshold : float, default=0.0
-        Samples with a score below it are removal candidates.
+    threshold : float or None, default=0.0
+        Samples with a score below it are removal candidates. ``None`` makes
+        every sample in scope a candidate (all auxiliary samples with
+        ``sample_domain``): the order still comes from the scores, and the
+        count from ``max_remove`` -- with ``max_remove="auto"`` the target
+        alone decides how many go, not the sign of first-order scores.
     max_remove : int, float in [0, 1), "auto" or None, default=None
         Caps removal: a count, a fraction of the training set, or ``"auto"``:
         the count (among the candidates, lowest scores first) that minimises
@@ -183,7 +187,7 @@ class InfluenceSampleSelector(FeatureSelector):
         "hessian": [StrOptions(_HESSIANS)],
         "damping": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="left")],
         "val_trim": [StrOptions({"auto"}), Interval(numbers.Real, 0, 1, closed="left")],
-        "threshold": [Interval(numbers.Real, None, None, closed="both")],
+        "threshold": [None, Interval(numbers.Real, None, None, closed="both")],
         "solver": [StrOptions(_HEAD_SOLVERS | _DEEP_SOLVERS)],
     }
 
