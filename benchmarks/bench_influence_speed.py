@@ -67,11 +67,22 @@ def sync(device):
 
 
 def timed(fn, device):
+    """Run ``fn``; return its CPU seconds (wall seconds on a GPU) and output.
+
+    On a shared CPU machine the wall time of a one-thread run grows with the
+    other jobs' load; the process CPU time does not, so ratios of CPU times
+    compare the work of each method. Both are printed.
+    """
     sync(device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
     sync(device)
-    return time.perf_counter() - t, out
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    WALL[0] = wall
+    return (wall if device.startswith("cuda") else cpu), out
+
+
+WALL = [0.0]
 
 
 def forward_pass(net, X, batch_size, device):
@@ -146,14 +157,15 @@ def main(argv=None):
     t_fwd = t_head = float("inf")
     for _ in range(max(1, args.repeat)):
         t, _ = timed(lambda: forward_pass(net, X, args.batch_size, dev), dev)
-        t_fwd = min(t_fwd, t)
+        if t < t_fwd:
+            t_fwd, w_fwd = t, WALL[0]
         t, r = timed(lambda: influence_scores(net, Xtr, ytr, Xv, yv, alpha=args.alpha,
                                               batch_size=args.batch_size, device=dev), dev)
         if t < t_head:
-            t_head, res = t, r
-    rows.append((f"forward pass (train+val), best of {args.repeat}", t_fwd, "", ""))
+            t_head, res, w_head = t, r, WALL[0]
+    rows.append((f"forward pass (train+val), best of {args.repeat}", t_fwd, "", "", w_fwd))
     rows.append(("skitl head influence, end to end", t_head,
-                 f"{res.residual:.1e}", f"solver={res.solver}"))
+                 f"{res.residual:.1e}", f"solver={res.solver}", w_head))
 
     net_fit = copy.deepcopy(net)
     with torch.no_grad():
@@ -185,11 +197,12 @@ def main(argv=None):
                                      if issubclass(w.category, Warning)
                                      and "ConvergenceWarning" in w.category.__name__}))
             rows.append((name, t, resid, f"Spearman vs CG {rho:.3f}; {note}"
-                         + (f"; WARNING {warn}" if warn else "")))
+                         + (f"; WARNING {warn}" if warn else ""), WALL[0]))
             print(f"  done: {name}: {t:.1f}s", flush=True)
         except Exception as exc:  # report, never hide
             traceback.print_exc()
-            rows.append((name, float("nan"), "", f"FAILED: {type(exc).__name__}: {exc}"))
+            rows.append((name, float("nan"), "", f"FAILED: {type(exc).__name__}: {exc}",
+                         float("nan")))
 
     def skitl_note(r):
         s = r.seconds
@@ -210,12 +223,6 @@ def main(argv=None):
         add("skitl deep EK-FAC (Linear/Conv2d only, as kronfluence)",
             lambda: deep_influence(net_fit, Xtr, ytr, Xv, yv, params=modules,
                                    hessian="ekfac", **deep), skitl_note)
-    if "kronfluence" not in args.skip:
-        add("kronfluence EK-FAC (Linear/Conv2d only)",
-            lambda: kronfluence_scores(net_fit, Xtr, ytr, Xv, yv, modules,
-                                       batch_size=args.peer_batch_size, device=dev,
-                                       query_batch=args.kronfluence_query_batch),
-            lambda r: ("", "damping 0.1 x mean eigenvalue (damping_factor=None)"))
     if "captum" not in args.skip:
         add(f"captum ArnoldiInfluenceFunction (arnoldi_dim {args.captum_arnoldi_dim})",
             lambda: captum_arnoldi_scores(
@@ -225,10 +232,18 @@ def main(argv=None):
                 projection_dim=args.captum_projection_dim),
             lambda r: ("", f"projection_dim {args.captum_projection_dim}"))
 
+    if "kronfluence" not in args.skip:
+        add("kronfluence EK-FAC (Linear/Conv2d only)",
+            lambda: kronfluence_scores(net_fit, Xtr, ytr, Xv, yv, modules,
+                                       batch_size=args.peer_batch_size, device=dev,
+                                       query_batch=args.kronfluence_query_batch),
+            lambda r: ("", "damping 0.1 x mean eigenvalue (damping_factor=None)"))
     print()
-    print(f"{'method':60s} {'seconds':>8s} {'x forward':>9s} {'residual':>9s}  notes")
-    for name, t, resid, note in rows:
-        print(f"{name:60s} {t:8.2f} {t / t_fwd:9.2f} {resid:>9s}  {note}")
+    unit = "GPU wall" if dev.startswith("cuda") else "CPU"
+    print(f"{'method':60s} {unit + ' s':>8s} {'x forward':>9s} {'wall s':>8s} "
+          f"{'residual':>9s}  notes")
+    for name, t, resid, note, wall in rows:
+        print(f"{name:60s} {t:8.2f} {t / t_fwd:9.2f} {wall:8.1f} {resid:>9s}  {note}")
     fastest = min((r for r in rows if r[0].startswith("skitl deep") and r[1] == r[1]),
                   key=lambda r: r[1], default=None)
     kron = next((r for r in rows if r[0].startswith("kronfluence") and r[1] == r[1]), None)

@@ -227,7 +227,9 @@ def arnoldi(matvec, like, *, n_iter=100, rank=20, generator=None, verbose=0):
     Returns
     -------
     eigvals : torch.Tensor of shape (r,)
-    eigvecs : torch.Tensor of shape (r, *like.shape)
+        Eigenvalues of largest magnitude.
+    eigvecs : torch.Tensor
+        Eigenvectors, of shape ``(r, *like.shape)``.
     """
     n_iter = min(int(n_iter), like.numel())
     rank = min(int(rank), n_iter)
