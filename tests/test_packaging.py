@@ -57,6 +57,10 @@ def test_demo_runs_end_to_end(tmp_path):
     assert status == 0
     table = (tmp_path / "results.md").read_text()
     assert "finetune+influence_auto" in table and "partial" in table
+    target = (tmp_path / "results_target.md").read_text()
+    for row in ("finetune_all", "influence", "domain", "loss@count", "random@count",
+                "target_only"):
+        assert f"| {row} |" in target, row
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert len(rows) == 4
