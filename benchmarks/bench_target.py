@@ -84,10 +84,15 @@ TASKS = ("mnist_usps_rot", "mnist_usps_plain", "spurious", "imbalance",
 ROWS = {
     "finetune_all": "fine-tune on the whole pool",
     "influence_val": "influence against the target set X_val, threshold 0",
-    "influence_val_auto": "influence against X_val, max_remove='auto'",
+    "influence_val_auto": "influence against X_val, max_remove='auto' (among the "
+                          "candidates of threshold 0)",
+    "influence_val_auto_all": "influence against X_val, threshold=+inf and "
+                              "max_remove='auto': the target loss of refitted heads "
+                              "decides the count among all candidates, in score order",
     "influence_sd": "influence, target samples cross-fitted via sample_domain "
                     "(no X_val), threshold 0",
     "influence_sd_auto": "the same with max_remove='auto'",
+    "influence_sd_auto_all": "the same with threshold=+inf and max_remove='auto'",
     "influence_pool": "influence cross-fitted on the pool, no target (every "
                       "sample a candidate)",
     "domain": "domain classifier (target vs pool), its own rule (log density "
@@ -289,8 +294,9 @@ class Task:
     #: The metric the verdict and the plots use.
     metric = "accuracy"
     #: The rows the task has.
-    rows = ("finetune_all", "influence_val", "influence_val_auto", "influence_sd",
-            "influence_sd_auto", "influence_pool", "domain", "domain@count",
+    rows = ("finetune_all", "influence_val", "influence_val_auto",
+            "influence_val_auto_all", "influence_sd", "influence_sd_auto",
+            "influence_sd_auto_all", "influence_pool", "domain", "domain@count",
             "loss@count", "random@count", "cleanlab", "jtt", "oracle")
 
     def __init__(self, name, cfg, args):
@@ -456,9 +462,9 @@ class SpuriousTask(MnistSourceTask):
     """USPS with a class-specific marker on 95 % of the pool (a shortcut)."""
 
     metric = "worst_group"
-    rows = ("finetune_all", "influence_val", "influence_val_auto", "influence_pool",
-            "domain", "domain@count", "loss@count", "random@count", "cleanlab", "jtt",
-            "oracle")
+    rows = ("finetune_all", "influence_val", "influence_val_auto",
+            "influence_val_auto_all", "influence_pool", "domain", "domain@count",
+            "loss@count", "random@count", "cleanlab", "jtt", "oracle")
 
     def describe(self):
         c = self.cfg
@@ -500,9 +506,10 @@ class ImbalanceTask(MnistSourceTask):
     """USPS 4 vs 9 with a majority share of 0.95 / 0.99 and a balanced X_val."""
 
     metric = "balanced_accuracy"
-    rows = ("finetune_all", "influence_val", "influence_val_auto", "influence_pool",
-            "domain", "domain@count", "loss@count", "random@count", "cleanlab", "jtt",
-            "class_reweight", "undersample")
+    rows = ("finetune_all", "influence_val", "influence_val_auto",
+            "influence_val_auto_all", "influence_pool", "domain", "domain@count",
+            "loss@count", "random@count", "cleanlab", "jtt", "class_reweight",
+            "undersample")
     #: (minority digit, majority digit); labels 0 and 1.
     DIGITS = (4, 9)
 
@@ -641,7 +648,8 @@ TASK_CLASSES = {"mnist_usps_rot": MixedMnistUspsTask,
 # ---------------------------------------------------------------------------
 
 #: Rows whose selector is fitted against X_val.
-_VAL_ROWS = ("influence_val", "influence_val_auto", "domain", "domain@count")
+_VAL_ROWS = ("influence_val", "influence_val_auto", "influence_val_auto_all", "domain",
+             "domain@count")
 
 
 def build_selector(name, estimator, cfg, seed, count, device):
@@ -659,6 +667,9 @@ def build_selector(name, estimator, cfg, seed, count, device):
         return InfluenceSampleSelector(estimator, **common)
     if name in ("influence_val_auto", "influence_sd_auto"):
         return InfluenceSampleSelector(estimator, max_remove="auto", **common)
+    if name in ("influence_val_auto_all", "influence_sd_auto_all"):
+        return InfluenceSampleSelector(estimator, threshold=np.inf, max_remove="auto",
+                                       **common)
     if name == "domain":
         return DomainClassifierSelector(estimator, **common)
     if name == "domain@count":
