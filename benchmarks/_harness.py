@@ -459,21 +459,23 @@ def curve_panels(panels, path, title, ylabel):
     fig, axes = plt.subplots(1, len(panels), squeeze=False,
                              figsize=(5.2 * len(panels), 4.0), sharey=True)
     cmap = plt.get_cmap("tab10")
+    # one colour per selector across panels
+    names = list(dict.fromkeys(s for _, curves in panels for s, _ in curves))
+    colour = {name: cmap(i % 10) for i, name in enumerate(names)}
     for ax, (name, curves) in zip(axes[0], panels, strict=True):
-        selectors = list(dict.fromkeys(s for s, _ in curves))
-        for i, sel in enumerate(selectors):
+        for sel in dict.fromkeys(s for s, _ in curves):
             for direction, ls in (("lowest", "-"), ("highest", "--")):
                 if (sel, direction) not in curves:
                     continue
                 x, m, s = curves[(sel, direction)]
-                label = f"{sel} ({'lowest' if ls == '-' else 'highest'} first)"
-                ax.plot(x, m, ls=ls, color=cmap(i % 10), label=label, lw=1.3)
-                ax.fill_between(x, m - s, m + s, color=cmap(i % 10), alpha=0.12)
+                label = f"{sel} ({direction} first)"
+                ax.plot(x, m, ls=ls, color=colour[sel], label=label, lw=1.3)
+                ax.fill_between(x, m - s, m + s, color=colour[sel], alpha=0.12)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("% of candidates removed")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
     axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=6, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
