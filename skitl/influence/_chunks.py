@@ -135,24 +135,30 @@ class FeatureChunks:
             idx = self.rows[s:e]
             raw, lo, hi = F[idx], int(idx[0]), int(idx[-1]) + 1
         if isinstance(raw, torch.Tensor):
-            t = raw.to(self.device)
+            t = raw.to(device=self.device, dtype=torch.float64, copy=True)
         else:
             raw = np.asarray(raw)
             if raw.dtype.kind not in "fiub":
                 raise TypeError(f"features must be numeric, got dtype {raw.dtype}.")
-            if not raw.flags.writeable or not raw.flags.c_contiguous:
-                # A read-only view of a file mapping: copy the chunk (torch
-                # refuses to wrap read-only memory, and the pages are released
-                # below).
-                raw = np.array(raw)
-            t = torch.from_numpy(raw).to(self.device)
-        t = t.to(torch.float64)
+            if self.device.type == "cpu":
+                # Cast straight into a new float64 buffer: no float32 copy of
+                # the chunk on the way, and numpy reads a read-only file
+                # mapping that torch would refuse to wrap.
+                t = torch.empty(raw.shape, dtype=torch.float64)
+                t.numpy()[...] = raw
+            else:
+                # Move the narrow dtype, widen on the device.
+                t = torch.from_numpy(np.array(raw)).to(self.device).to(torch.float64)
         if self._release is not None:
             self._release(lo, hi)
         return t
 
     def __iter__(self):
-        """Yield ``(positions, chunk)``: a slice of row positions and a float64 tensor."""
+        """Yield ``(positions, chunk)``: row positions and a new float64 tensor.
+
+        Each chunk is a fresh copy that the caller owns (and may modify in
+        place): the source is never written to.
+        """
         for s in range(0, self.n, self.chunk_size):
             e = min(s + self.chunk_size, self.n)
             yield slice(s, e), self._read(s, e)

@@ -104,7 +104,7 @@ class _Coords:
         mu = total / chunks.n
         C = torch.zeros(d, d, dtype=torch.float64, device=dev)
         for _, X in chunks:
-            Xc = X - mu
+            Xc = X.sub_(mu)
             C += Xc.T @ Xc
         C /= chunks.n
         evals, U = torch.linalg.eigh(C)
@@ -171,7 +171,8 @@ class _Design:
     def _centred(self):
         mu = self.coords.mu
         for sl, X in self.chunks:
-            yield sl, (X if mu is None else X - mu)
+            # in place: the chunk is a fresh copy (one allocation per chunk)
+            yield sl, (X if mu is None else X.sub_(mu))
 
     def __iter__(self):
         if self._cached is not None:
@@ -218,7 +219,7 @@ class _Design:
             else:
                 src = self.chunks if idx is None else self.chunks.subset(idx)
                 mu = self.coords.mu
-                A = torch.cat([self.rows(X if mu is None else X - mu) for _, X in src])
+                A = torch.cat([self.rows(X if mu is None else X.sub_(mu)) for _, X in src])
             self._sample = (None if idx is None else torch.as_tensor(idx, device=dev), A)
         return self._sample
 
