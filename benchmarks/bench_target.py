@@ -14,6 +14,8 @@ correct:
   training pool; validation and test sets are group-balanced (half of each
   class carries its own marker, half another class's); average and
   worst-group accuracy (the D3M and JTT setting);
+- ``spurious_texture``: the same with a stronger shortcut, a class-specific
+  grating (orientation and period) added over the whole image;
 - ``imbalance``: USPS 4 vs 9 with a majority share of 0.95 or 0.99 and a
   balanced validation set (the Learning-to-Reweight setting); balanced
   accuracy;
@@ -77,8 +79,8 @@ from skitl._experiment import cleanlab_available
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness  # noqa: E402
 
-TASKS = ("mnist_usps_rot", "mnist_usps_plain", "spurious", "imbalance",
-         "cifar10_aux", "digits_rot")
+TASKS = ("mnist_usps_rot", "mnist_usps_plain", "spurious", "spurious_texture",
+         "imbalance", "cifar10_aux", "digits_rot")
 
 #: Every row a task may have, in table order, with what it trains on.
 ROWS = {
@@ -179,6 +181,7 @@ CONFIGS = {
     ),
 }
 CONFIGS["mnist_usps_plain"] = dict(CONFIGS["mnist_usps_rot"], aux="plain")
+CONFIGS["spurious_texture"] = dict(CONFIGS["spurious"], marker="texture", amplitude=0.35)
 
 
 # ---------------------------------------------------------------------------
@@ -432,11 +435,31 @@ def _markers(k=10):
     return np.stack(out)
 
 
+def _gratings(k=10, amplitude=0.35, size=16):
+    """A sinusoidal grating per class: orientation ``pi c / k``, period 3 or 4 px."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = []
+    for c in range(k):
+        theta = np.pi * c / k
+        freq = 2 * np.pi / (3.0 + c % 2)
+        wave = np.sin(freq * (np.cos(theta) * xx + np.sin(theta) * yy))
+        out.append(amplitude * (0.5 + 0.5 * wave))
+    return np.stack(out).astype(np.float32)
+
+
 def _stamp(X, marker_class, markers):
-    """Images with the marker of ``marker_class`` in the top-left corner."""
+    """Images carrying the marker of ``marker_class``.
+
+    A 3x3 marker is drawn into the top-left corner (pixel-wise maximum); an
+    image-sized one (a grating) is added over the whole image and clipped.
+    """
     X = X.copy()
-    corner = X[:, 0, :3, :3]
-    X[:, 0, :3, :3] = np.maximum(corner, markers[marker_class])
+    m = markers[marker_class]
+    h, w = m.shape[1:]
+    if (h, w) == X.shape[2:]:
+        X[:, 0] = np.clip(X[:, 0] + m, 0.0, 1.0)
+    else:
+        X[:, 0, :h, :w] = np.maximum(X[:, 0, :h, :w], m)
     return X
 
 
@@ -468,8 +491,11 @@ class SpuriousTask(MnistSourceTask):
 
     def describe(self):
         c = self.cfg
+        marker = ("3x3 marker in the top-left corner" if c.get("marker", "corner")
+                  == "corner" else "grating (orientation pi c / 10, period 3 or 4 "
+                  f"pixels, amplitude {c['amplitude']}) added over the image")
         return (f"pool: {c['n_pool']} USPS training images, {c['aligned']:.0%} of each "
-                "class with its own class's 3x3 marker in the top-left corner, the "
+                f"class with its own class's {marker}, the "
                 "rest with another class's; X_val: "
                 f"{c['n_val']} other USPS training images and test: the USPS test set"
                 + ("" if c["n_test"] is None else f" ({c['n_test']} images)")
@@ -483,7 +509,8 @@ class SpuriousTask(MnistSourceTask):
         rng = np.random.RandomState(seed)
         pool, val = _split(yu, [c["n_pool"], c["n_val"]], seed)
         Xt, yt = self._test(seed)
-        markers = _markers()
+        markers = (_markers() if c.get("marker", "corner") == "corner"
+                   else _gratings(amplitude=c["amplitude"]))
         m_pool, al_pool = _marker_classes(yu[pool], c["aligned"], rng)
         m_val, _ = _marker_classes(yu[val], 0.5, rng)
         m_test, al_test = _marker_classes(yt, 0.5, rng)
@@ -639,6 +666,7 @@ class DigitsRotTask(Task):
 
 TASK_CLASSES = {"mnist_usps_rot": MixedMnistUspsTask,
                 "mnist_usps_plain": MixedMnistUspsTask, "spurious": SpuriousTask,
+                "spurious_texture": SpuriousTask,
                 "imbalance": ImbalanceTask, "cifar10_aux": CifarAuxTask,
                 "digits_rot": DigitsRotTask}
 
