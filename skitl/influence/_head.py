@@ -374,7 +374,10 @@ class _HeadHessian:
             accb += Z.sum(0)
         return design.join(acc, accb) / self.n + self.pen * V
 
-    def dense(self, chunk_elems=2**24):
+    def dense(self, chunk_elems=2**22):
+        # rows per GEMM such that the (rows, k·dp) operand stays at 32 MiB:
+        # still a large GEMM (817 rows at d = 512, k = 10), and a 128 MiB
+        # temporary was the largest allocation of a whole memmapped run.
         k, dp, n = self.k, self.dp, self.n
         H = torch.zeros(k * dp, k * dp, dtype=torch.float64, device=self.device)
         rows = max(1, chunk_elems // (k * dp))
