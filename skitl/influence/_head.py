@@ -426,10 +426,15 @@ def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
     n = design.n
     dev = pen.device
 
+    # One n × k buffer for the probabilities, rewritten at every gradient:
+    # a new one per Newton step fragments the heap (freed arrays of a few
+    # tens of MB are not returned to the system), which made peak memory grow
+    # with n on memmapped runs.
+    P = torch.empty(n, k, dtype=torch.float64, device=dev)
+
     def objective(th, grad):
         Vq, vb = design.split(th)
         loss = torch.zeros((), dtype=torch.float64, device=dev)
-        P = torch.empty(n, k, dtype=torch.float64, device=dev) if grad else None
         acc, accb = design.accumulator(k) if grad else (None, None)
         for sl, X in design:
             logits = X @ Vq.T + vb
@@ -445,13 +450,12 @@ def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
                 accb += Rc.sum(0)
         loss = float(loss) / n + 0.5 * float((pen * th**2).sum())
         if not grad:
-            return loss, None, None
-        g = _project_null(design.join(acc, accb) / n) + pen * th
-        return loss, P, g
+            return loss, None
+        return loss, _project_null(design.join(acc, accb) / n) + pen * th
 
     th = (torch.zeros(k, design.dp, dtype=torch.float64, device=dev)
           if theta0 is None else _project_null(theta0))
-    loss, P, g = objective(th, True)
+    loss, g = objective(th, True)
     gmax = np.inf
     n_newton = 0
     history = []
@@ -509,8 +513,8 @@ def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
         if len(history) > 6 and gmax > 0.5 * history[-6]:
             break  # stagnated at the rounding floor
         th = th_new
-        P = hess = op = None  # one n × k array at a time
-        loss, P, g = objective(th, True)
+        hess = op = None
+        loss, g = objective(th, True)  # rewrites P
     else:
         gmax = float(g.abs().max())
     if gmax > max(1e3 * tol, 1e-6):
