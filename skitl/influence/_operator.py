@@ -14,6 +14,8 @@ from tqdm.auto import tqdm
 
 from ._features import iter_batches
 
+_PROBE_ROWS = 256
+
 
 class _Flat:
     """Map between a dict of parameter tensors and one flat vector."""
@@ -211,6 +213,7 @@ class CurvatureOperator:
         and within a small factor, which is all a relative damping needs.
         """
         xb, yb, _ = next(self.data.batches(self.batch_size))
+        xb, yb = xb[:_PROBE_ROWS], yb[:_PROBE_ROWS]  # batches grow with a cached prefix
         diag = torch.zeros(self.dim, dtype=torch.float64, device=self.model.device)
         for _ in range(n_probes):
             v = (torch.randint(0, 2, (self.dim,), generator=generator) * 2 - 1).to(
