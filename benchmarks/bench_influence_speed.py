@@ -116,7 +116,8 @@ def main(argv=None):
     ap.add_argument("--alpha", type=float, default=1e-3, help="L2 of the head fit")
     ap.add_argument("--deep-params", nargs="+", default=["layer4.1", "fc"])
     ap.add_argument("--deep-tol", type=float, default=1e-3, help="CG relative residual")
-    ap.add_argument("--deep-max-iter", type=int, default=100)
+    ap.add_argument("--deep-max-iter", type=int, default=500,
+                    help="CG iterations at most (the engine default)")
     ap.add_argument("--deep-damping", default="auto",
                     help="damping of the deep solves ('auto' or a float)")
     ap.add_argument("--repeat", type=int, default=3,
