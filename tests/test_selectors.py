@@ -279,3 +279,36 @@ def test_influence_info_names_the_real_head(digits):
     est = TransferClassifier(Net, random_state=0, device="cpu")
     sel = InfluenceSampleSelector(est, alpha=1e-2, cv=3, random_state=0).fit(X, y)
     assert sel.influence_["params"] == ["classifier.weight", "classifier.bias"]
+
+
+def test_deep_cross_fit_runs_the_prefix_once(digits, monkeypatch):
+    """Deeper parameters: the folds share one cached prefix, and the scores
+    equal those of running the whole network in every fold."""
+    import torch
+    import torch.nn as nn
+
+    import skitl.selection._influence as influence
+    from skitl import TransferClassifier
+
+    X, y = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
+                        nn.Linear(16, 10))
+    est = TransferClassifier(net, random_state=0, device="cpu")
+    calls = []
+    original = influence.prefix_cache
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(influence, "prefix_cache", counting)
+    params = dict(params=["4"], hessian="ggn", alpha=1e-2, cv=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cached = InfluenceSampleSelector(est, **params).fit(X, y).scores_
+        assert len(calls) == 1
+        monkeypatch.setattr(InfluenceSampleSelector, "_prefix_once",
+                            lambda self, net, X: X)
+        whole = InfluenceSampleSelector(est, **params).fit(X, y).scores_
+    np.testing.assert_allclose(cached, whole, rtol=1e-6, atol=1e-12)

@@ -8,14 +8,17 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch.utils.data import Subset
 
 from ..influence import (
+    PrefixCache,
     cross_fit_head_influence,
     deep_influence,
     fit_head,
     head_influence,
     predict_proba_head,
+    prefix_cache,
     select_parameters,
     trim_weights,
 )
+from ..utils import resolve_device
 from ._features import cross_fit_folds, install_head, val_folds
 from ._scoring import FeatureSelector, _check_target_classes, fold_evals
 
@@ -376,6 +379,7 @@ class InfluenceSampleSelector(FeatureSelector):
         counts = np.zeros(len(y))
         fold_scores, weights, per_fold = [], [], []
         res = None
+        X = self._prefix_once(net, X)
         for tr, va in folds:
             W, b = fit_head(F[tr], y[tr], k, alpha=self.alpha)
             w_val = self._trim(F[va], y[va], W, b, user_given=False)
@@ -390,6 +394,22 @@ class InfluenceSampleSelector(FeatureSelector):
             per_fold.append({"damping": float(res.damping), "residual": float(res.residual),
                              "n_iter": int(res.n_iter)})
         return total / counts, fold_scores, weights, per_fold, res
+
+    def _prefix_once(self, net, X):
+        """Deeper parameters: run the frozen prefix once for every fold.
+
+        The folds differ in rows and in the fitted head, never in the layers
+        in front of the analysed parameters, so their activations are cached
+        (:func:`skitl.influence.prefix_cache`) and every fold reuses them.
+        Networks whose analysed parameters are not a suffix keep the raw rows.
+        """
+        if self.params == "head" or net is None:
+            return X
+        try:
+            return prefix_cache(net, X, params=self.params, batch_size=self.batch_size,
+                                device=resolve_device(self.device))
+        except ValueError:
+            return X
 
     def _info(self, mode, res, per_fold, head_name, oof_proba, oof_loss, t_feat, t_total):
         if res is not None and not per_fold:
@@ -450,6 +470,8 @@ class InfluenceSampleSelector(FeatureSelector):
 
 
 def _rows(X, idx):
+    if isinstance(X, PrefixCache):
+        return X.rows(idx)
     if isinstance(X, np.ndarray):
         return X[idx]
     return Subset(X, idx.tolist())
