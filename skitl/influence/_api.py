@@ -18,10 +18,6 @@ def _int_labels(y, name, n):
     return y.astype(np.int64)
 
 
-def _n_samples(X):
-    return len(X)
-
-
 def influence_scores(net, X_train, y_train, X_val, y_val, *, params="head",
                      head=None, alpha=1e-3, hessian="exact", damping="auto",
                      val_weights=None, solver="auto", batch_size=256,
@@ -45,10 +41,13 @@ def influence_scores(net, X_train, y_train, X_val, y_val, *, params="head",
     y_train : array-like of int of shape (n,)
         Integer labels ``0..k-1``.
     X_val : ndarray or torch Dataset
+        Validation inputs: the loss whose change is predicted.
     y_val : array-like of int of shape (m,)
+        Their integer labels ``0..k-1``.
     params : "head", "all" or list of str, default="head"
-        Parameters analysed: the head, every parameter, or fnmatch patterns
-        over ``net.named_parameters()``.
+        Parameters analysed: the head, every parameter, or patterns of
+        parameter names (a module name selects every parameter below it;
+        fnmatch globs as usual).
     head : str, optional
         Dotted name of the classification layer (found automatically).
     alpha : float, default=1e-3
@@ -63,18 +62,25 @@ def influence_scores(net, X_train, y_train, X_val, y_val, *, params="head",
         damped exact Hessian is not positive definite, as it often is away
         from a minimum), ``"ekfac"`` or ``"identity"``.
     damping : "auto" or float, default="auto"
+        Added to the Hessian where the solver needs it; ``"auto"`` picks it
+        (head: only if the solve fails; deep: a fraction of each module's
+        mean eigenvalue). The value used is reported in the result.
     val_weights : array-like of shape (m,), optional
         Weights of the validation samples (see ``trim_weights``).
     solver : str, default="auto"
         Head: ``"auto"``, ``"cholesky"``, ``"cg"``. Deep: ``"cg"``,
         ``"lissa"``, ``"arnoldi"`` (``"auto"`` means ``"cg"``).
     batch_size : int, default=256
+        Samples per forward batch.
     device : str, default="cpu"
+        Torch device of the forward passes and of the algebra.
     amp : {None, "bf16", "fp16"}, default=None
         Autocast for the feature forward pass (head path only).
     verbose : int, default=0
+        Progress bars when > 0.
     **kw
-        ``n_classes`` (default ``max(y) + 1``), ``tol``; deep path: see
+        ``n_classes`` (default ``max(y) + 1``), ``tol``, ``chunk_size`` (rows
+        of features per chunk, head path); deep path: see
         :func:`deep_influence`.
 
     Returns
@@ -88,8 +94,8 @@ def influence_scores(net, X_train, y_train, X_val, y_val, *, params="head",
     t0 = time.perf_counter()
     X_train = check_X(X_train, name="X_train")
     X_val = check_X(X_val, name="X_val")
-    y_train = _int_labels(y_train, "y_train", _n_samples(X_train))
-    y_val = _int_labels(y_val, "y_val", _n_samples(X_val))
+    y_train = _int_labels(y_train, "y_train", len(X_train))
+    y_val = _int_labels(y_val, "y_val", len(X_val))
     if isinstance(X_train, np.ndarray) and isinstance(X_val, np.ndarray) \
             and X_val.shape[1:] != X_train.shape[1:]:
         raise ValueError(
