@@ -8,10 +8,11 @@ negative = harmful.
 
 from ._api import influence_scores
 from ._crossfit import cross_fit_head_influence, trim_weights
-from ._deep import deep_influence, select_parameters
+from ._deep import deep_influence
 from ._ekfac import EKFAC
 from ._features import extract_features
 from ._head import choose_solver, fit_head, head_influence, predict_proba_head
+from ._params import select_parameters
 from ._prefix import PrefixCache, prefix_cache
 from ._results import CrossFitResult, InfluenceResult
 from ._solvers import arnoldi, arnoldi_solve, conjugate_gradient, lissa, power_iteration

@@ -21,45 +21,17 @@ import time
 import numpy as np
 import torch
 
-from .._network import match_parameters
 from ..utils import check_X, resolve_device, torch_generator
 from ._deep_solvers import SOLVERS, CGSolver, EKFACSolver, IdentitySolver
 from ._ekfac import EKFAC
 from ._features import eval_mode
 from ._operator import CurvatureOperator, _Data, _Model
+from ._params import select_parameters
 from ._prefix import PrefixCache, find_cut, prefix_cache
 from ._results import InfluenceResult
 
 _HESSIANS = ("ggn", "exact", "ekfac", "identity")
 _SUFFIX_BATCH_BYTES = 32 << 20
-
-
-def select_parameters(net, params):
-    """Names of the parameters analysed.
-
-    Parameters
-    ----------
-    net : torch.nn.Module
-        The network.
-    params : "all", str or list of str
-        ``"all"``, or patterns as for ``freeze=`` / ``reinit=``: a pattern
-        naming a module (``"layer4"``, ``"fc"``) selects every parameter
-        under it; otherwise fnmatch globs over ``net.named_parameters()``
-        (``"layer4.1.*"``, ``"*.bn*.weight"``).
-
-    Returns
-    -------
-    names : list of str
-        In ``named_parameters`` order.
-
-    Raises
-    ------
-    ValueError
-        If a pattern matches nothing.
-    """
-    if isinstance(params, str) and params == "all":
-        return [n for n, _ in net.named_parameters()]
-    return match_parameters(net, params)
 
 
 def _val_weights(val_weights, m):

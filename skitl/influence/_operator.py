@@ -13,6 +13,7 @@ from torch.func import functional_call, grad, jvp, vjp
 from tqdm.auto import tqdm
 
 from ._features import iter_batches
+from ._prefix import PrefixCache
 
 _PROBE_ROWS = 256
 
@@ -93,8 +94,6 @@ class _Data:
 
     def batches(self, batch_size):
         """Yield ``(x, y, slice)`` on the device; ``x`` is always a fresh tensor."""
-        from ._prefix import PrefixCache
-
         it = (self.X.iter_batches(batch_size) if isinstance(self.X, PrefixCache)
               else iter_batches(self.X, batch_size, with_index=True))
         for xb, sl in it:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..utils import check_X
 from ._features import eval_mode, iter_batches
+from ._params import select_parameters
 
 #: Caches larger than this many bytes are memory-mapped to a temporary file.
 MEMMAP_BYTES = 1 << 30
@@ -288,8 +289,6 @@ def prefix_cache(net, X, *, params, cut=None, batch_size=256, device="cpu",
         When the analysed parameters are not a suffix of the network (or it
         cannot be traced by ``torch.fx``): then there is nothing to cache.
     """
-    from ._deep import select_parameters
-
     if cut is None:
         cut = find_cut(net, select_parameters(net, params))
     if cut is None:
