@@ -165,12 +165,66 @@ def test_memmap_never_materialised_in_float64(tmp_path, monkeypatch):
         assert peak < nd * 8 / 2, (name, peak, nd * 8)  # numpy arrays
 
 
+class _PerSampleAllocations(TorchDispatchMode):
+    """Record the shape of every new matrix (not a view) with ``rows`` rows or more.
+
+    Vectors of one value per sample (weights, self-influence) are not counted.
+    """
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = rows
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(r.alias_info is not None for r in func._schema.returns):
+            return out  # a view, or an op returning one of its inputs
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[0] >= self.rows:
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+def test_one_probability_buffer_per_call(tmp_path, monkeypatch):
+    # No other per-sample matrix (one-hot labels, residuals, logits, a second
+    # probability array for the fit, per-fold copies) is ever whole: each is
+    # formed chunk by chunk. Chunks (1000 rows), the preconditioner's row sample
+    # (512) and the dense build's row blocks stay below the 5000 rows that
+    # count as "per sample" here; the smallest fold has 6,667.
+    monkeypatch.setattr(head_module, "_PRECOND_ROWS", 512)
+    n, m, d, k = 20_000, 1_000, 16, 3
+    F, y = _blobs(n + m, d, k, seed=2)
+    M = _memmap(tmp_path, F[:n])
+    Mv = _memmap(tmp_path, F[n:], "Fv.npy")
+    del F
+    for solver in ("cg", "cholesky"):
+        with _PerSampleAllocations(5000) as rec:
+            head_influence(M, y[:n], Mv, y[n:], n_classes=k, alpha=ALPHA, solver=solver,
+                           chunk_size=1000)
+        assert rec.shapes == [(n + m, k)], solver
+    tracemalloc.start()
+    try:
+        with _PerSampleAllocations(5000) as rec:
+            res = cross_fit_head_influence(M, y[:n], n_classes=k, cv=3, alpha=ALPHA,
+                                           random_state=0, chunk_size=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rec.shapes == [(n, k)]  # one buffer for all three folds
+    # numpy: the outputs (oof_proba, scores, oof_loss, oof_self_influence,
+    # validation weights, fold_of: 8k + 33 bytes a sample) and one fold's
+    # indices, labels and scores at a time.
+    outputs = res.oof_proba.nbytes + 4 * 8 * n + res.fold_of.nbytes
+    assert peak < outputs + 6 * 8 * n, (peak, outputs)
+
+
 def test_auto_chunks():
     F = np.zeros((50, 4), np.float32)
     assert FeatureChunks(F).single  # a small in-memory array is one chunk
     big = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (10**7, 512), (0, 0))
     ch = FeatureChunks(big)  # its float64 copy would exceed 1 GiB: chunked
-    assert not ch.single and ch.chunk_size * 512 <= 2**21
+    assert not ch.single and ch.chunk_size * 512 <= 2**17  # about 1 MiB of float64
     with pytest.raises(ValueError, match="chunk_size"):
         FeatureChunks(F, chunk_size=0)
 

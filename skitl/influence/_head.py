@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ..utils._threads import limit_threads
-from ._chunks import FeatureChunks, as_feature_source
+from ._chunks import FeatureChunks, as_feature_source, block_rows, trim_heap
 from ._results import InfluenceResult
 from ._solvers import conjugate_gradient
 
@@ -176,7 +176,13 @@ class _Design:
 
     def __iter__(self):
         if self._cached is not None:
-            yield self._cached
+            # Cache-sized row blocks (views): each product of a pass then reads
+            # its block from cache instead of streaming all n rows from memory.
+            self.chunks.passes += 1  # a pass over the rows, kept or not
+            X = self._cached[1]
+            step = block_rows(X.shape[1])
+            for s in range(0, len(X), step):
+                yield slice(s, min(s + step, len(X))), X[s:s + step]
         else:
             yield from self._centred()
 
@@ -223,15 +229,6 @@ class _Design:
             self._sample = (None if idx is None else torch.as_tensor(idx, device=dev), A)
         return self._sample
 
-    def gram(self, R):
-        """``Σ_i R_i a_iᵀ`` for per-row vectors ``R`` of shape (n, k)."""
-        acc, accb = self.accumulator(R.shape[1])
-        for sl, X in self:
-            Rc = R[sl]
-            acc += Rc.T @ X
-            accb += Rc.sum(0)
-        return self.join(acc, accb)
-
 
 def _check_labels(y, n_classes, name):
     y = np.asarray(y)
@@ -249,7 +246,7 @@ def _check_labels(y, n_classes, name):
             f"{name} must hold labels in 0..{n_classes - 1}, found "
             f"[{y.min()}, {y.max()}]."
         )
-    return y.astype(np.int64)
+    return np.ascontiguousarray(y, dtype=np.int64)
 
 
 def _check_features(F, name, *, chunk_size="auto", device="cpu"):
@@ -277,7 +274,11 @@ def _softmax64(logits):
 
 
 def _residuals(P, y):
-    """``r_i = p_i - onehot(y_i)`` (a new tensor)."""
+    """``r_i = p_i - onehot(y_i)`` for a chunk (a new tensor).
+
+    One-hot labels are never built: the label index picks the entry to
+    lower, so no ``n × k`` array exists beside the probabilities.
+    """
     R = P.clone()
     R[torch.arange(len(R), device=R.device), y] -= 1.0
     return R
@@ -288,15 +289,19 @@ def _project_null(V):
     return V - V.mean(0, keepdim=True)
 
 
-def _proba(chunks, W, b):
-    """Probabilities of the head ``(W, b)`` in its own coordinates, (n, k) float64."""
+def _proba(chunks, W, b, out=None):
+    """Probabilities of the head ``(W, b)`` in its own coordinates, (n, k) float64.
+
+    Written into ``out`` (an ``(n, k)`` float64 tensor) when given.
+    """
     Wt = _as_f64(W, chunks.device)
     bt = _as_f64(b, chunks.device)
     if Wt.ndim != 2 or Wt.shape[1] != chunks.d or bt.shape != (Wt.shape[0],):
         raise ValueError(
             f"W must have shape (n_classes, {chunks.d}) and b (n_classes,), got "
             f"{tuple(Wt.shape)} and {tuple(bt.shape)}.")
-    P = torch.empty(chunks.n, Wt.shape[0], dtype=torch.float64, device=chunks.device)
+    P = out if out is not None else torch.empty(
+        chunks.n, Wt.shape[0], dtype=torch.float64, device=chunks.device)
     for sl, X in chunks:
         P[sl] = _softmax64(X @ Wt.T + bt)
     return P
@@ -317,7 +322,7 @@ def predict_proba_head(F, W, b, *, device="cpu", chunk_size="auto"):
         Torch device for the algebra (chunks move there one at a time).
     chunk_size : int or "auto", default="auto"
         Rows per chunk; ``"auto"`` keeps a moderate in-memory array whole and
-        reads anything else in chunks of about 16 MiB of float64.
+        reads anything else in chunks of about 1 MiB of float64.
 
     Returns
     -------
@@ -351,15 +356,20 @@ class _HeadHessian:
         """
         k = self.k
         idx, A = self.design.sample()
-        P = self.P if idx is None else self.P[idx]
-        A2 = A**2 / len(A)
-        D = A2.T @ P
-        # one GEMM over the flattened outer products: einsum's contraction
-        # order here was ~10x slower and dominated the head fit.
-        M = A2.T @ (P[:, :, None] * P[:, None, :]).reshape(len(P), -1)
-        blocks = -M.reshape(-1, k, k)
+        P_all = self.P if idx is None else self.P[idx]
+        D = torch.zeros(self.dp, k, dtype=torch.float64, device=self.device)
+        M = torch.zeros(self.dp, k * k, dtype=torch.float64, device=self.device)
+        step = block_rows(k * k)
+        for s in range(0, len(A), step):
+            A2 = A[s:s + step] ** 2
+            P = P_all[s:s + step]
+            D += A2.T @ P
+            # one GEMM over the flattened outer products: einsum's contraction
+            # order here was ~10x slower and dominated the head fit.
+            M += A2.T @ (P[:, :, None] * P[:, None, :]).reshape(len(P), -1)
+        blocks = -M.reshape(-1, k, k) / len(A)
         idx = torch.arange(k, device=self.device)
-        blocks[:, idx, idx] += D + self.pen[:, None]
+        blocks[:, idx, idx] += D / len(A) + self.pen[:, None]
         return blocks
 
     def matvec(self, V):
@@ -416,62 +426,64 @@ def _block_preconditioner(blocks):
     return precond
 
 
-def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
+def _newton(design, y, k, pen, *, tol, max_iter, theta0=None, P=None):
     """Newton-CG with an Armijo line search on ``design`` (whitened coordinates).
 
     Quadratic convergence to the tight tolerance influence needs, at a cost
     of a few dozen matrix-free Hessian products per step (L-BFGS crawls at
-    these tolerances). Keeps one ``n × k`` array of probabilities.
+    these tolerances). Every evaluation (loss, gradient and the
+    probabilities the next Hessian needs) is one pass over the data, and a
+    trial point of the line search is such an evaluation, so an accepted
+    full step costs no extra pass. ``P`` (an ``(n, k)`` float64 tensor,
+    allocated when omitted) is the only array of size ``n`` it keeps; its
+    content on return is scratch.
+
+    It stops once the largest gradient entry is ``tol * 1e-2`` or below, or
+    one step after it fell below ``tol``: stopping right at ``tol`` left the
+    minimiser dependent on the summation order (one in-memory chunk or many
+    from a memmap) at the 1e-9 level, and influence compares the two at
+    1e-10. Each CG solve is only as accurate as that target needs (the
+    forcing term ``sqrt(‖g‖)`` of inexact Newton, no tighter than what
+    brings the gradient to the target): solving the last steps to 1e-10
+    cost as many Hessian products as all earlier steps together.
     """
     n = design.n
     dev = pen.device
+    if P is None:
+        P = torch.empty(n, k, dtype=torch.float64, device=dev)
 
-    # One n × k buffer for the probabilities, rewritten at every gradient:
-    # a new one per Newton step fragments the heap (freed arrays of a few
-    # tens of MB are not returned to the system), which made peak memory grow
-    # with n on memmapped runs.
-    P = torch.empty(n, k, dtype=torch.float64, device=dev)
-
-    def objective(th, grad):
+    def evaluate(th):
         Vq, vb = design.split(th)
         loss = torch.zeros((), dtype=torch.float64, device=dev)
-        acc, accb = design.accumulator(k) if grad else (None, None)
+        acc, accb = design.accumulator(k)
         for sl, X in design:
             logits = X @ Vq.T + vb
             lse = torch.logsumexp(logits, 1)
             yc = y[sl]
             loss += (lse - logits.gather(1, yc[:, None])[:, 0]).sum()
-            if grad:
-                Pc = torch.exp(logits - lse[:, None])
-                Pc = Pc / Pc.sum(1, keepdim=True)
-                P[sl] = Pc
-                Rc = _residuals(Pc, yc)
-                acc += Rc.T @ X
-                accb += Rc.sum(0)
+            Pc = torch.exp(logits.sub_(lse[:, None]))
+            Pc /= Pc.sum(1, keepdim=True)
+            P[sl] = Pc
+            Pc[torch.arange(len(Pc), device=dev), yc] -= 1.0  # the residual, in place
+            acc += Pc.T @ X
+            accb += Pc.sum(0)
         loss = float(loss) / n + 0.5 * float((pen * th**2).sum())
-        if not grad:
-            return loss, None
         return loss, _project_null(design.join(acc, accb) / n) + pen * th
 
+    target = 1e-2 * tol
     th = (torch.zeros(k, design.dp, dtype=torch.float64, device=dev)
           if theta0 is None else _project_null(theta0))
-    loss, g = objective(th, True)
+    loss, g = evaluate(th)
     gmax = np.inf
     n_newton = 0
     history = []
-    polished = False
+    below_tol = False
     for it in range(1, max_iter + 1):
         n_newton = it
         gmax = float(g.abs().max())
-        if gmax <= tol:
-            # One more Newton step past the tolerance, its CG solved only to
-            # 1e-3: the gradient drops a thousandfold more, so the minimiser
-            # no longer depends on the summation order (one in-memory chunk
-            # or many from a memmap) at the 1e-10 level, where stopping at
-            # tol left relative differences up to ~1e-9.
-            if polished or gmax == 0.0:
-                break
-            polished = True
+        if gmax <= target or below_tol:
+            break
+        below_tol = gmax <= tol
         hess = _HeadHessian(design, P, pen)
         blocks = hess.column_blocks()
         mean_diag = float(blocks.diagonal(dim1=1, dim2=2).mean())
@@ -481,9 +493,7 @@ def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
 
         precond = _block_preconditioner(blocks + mean_diag / k)
         gnorm = float(torch.linalg.norm(g))
-        eta = min(0.5, np.sqrt(gnorm)) if gnorm > 1e-8 else 1e-10
-        if polished:
-            eta = 1e-3  # a thousandfold smaller gradient is all the polish is for
+        eta = float(np.clip(np.sqrt(gnorm), 0.1 * target / max(gnorm, 1e-300), 0.5))
         step, _ = conjugate_gradient(op, -g, tol=max(eta, 1e-12), max_iter=10 * g.numel(),
                                      preconditioner=precond, raise_on_failure=False)
         # A block preconditioner lets inexact steps drift into the softmax
@@ -493,11 +503,12 @@ def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
         slope = float((g * step).sum())
         if not slope < 0:
             step, slope = -g, -float((g * g).sum())
+        hess = op = precond = None
         t = 1.0
         accepted = False
         for _ in range(60):
             th_new = th + t * step
-            loss_new = objective(th_new, False)[0]
+            loss_new, g_new = evaluate(th_new)  # rewrites P
             # Near the optimum the loss no longer resolves the decrease (it
             # changes below float64 rounding), so a full Newton step that
             # keeps the loss equal to rounding is taken: there it is the
@@ -512,9 +523,7 @@ def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
         history.append(gmax)
         if len(history) > 6 and gmax > 0.5 * history[-6]:
             break  # stagnated at the rounding floor
-        th = th_new
-        hess = op = None
-        loss, g = objective(th, True)  # rewrites P
+        th, loss, g = th_new, loss_new, g_new
     else:
         gmax = float(g.abs().max())
     if gmax > max(1e3 * tol, 1e-6):
@@ -527,13 +536,16 @@ def _newton(design, y, k, pen, *, tol, max_iter, theta0=None):
     return th
 
 
-def _fit_in(design, y, k, alpha, *, tol, max_iter, init):
-    """Fit on a whitened design; returns ``(W, b)`` as float64 tensors."""
+def _fit_in(design, y, k, alpha, *, tol, max_iter, init, P=None):
+    """Fit on a whitened design; returns ``(W, b)`` as float64 tensors.
+
+    ``P`` is an optional ``(n, k)`` float64 scratch buffer (see :func:`_newton`).
+    """
     coords = design.coords
     pen = coords.columns(alpha, 0.0)
     theta0 = None if init is None else coords.to_coords(*init)
     th = _newton(design, torch.as_tensor(y, device=coords.device), k, pen, tol=tol,
-                 max_iter=max_iter, theta0=theta0)
+                 max_iter=max_iter, theta0=theta0, P=P)
     W, b = coords.from_coords(th)
     return W, b - b.mean()
 
@@ -576,7 +588,7 @@ def fit_head(F, y, n_classes, *, alpha, tol=1e-10, max_iter=1000, init=None,
         Torch device for the algebra (chunks move there one at a time).
     chunk_size : int or "auto", default="auto"
         Rows per chunk; ``"auto"`` keeps a moderate in-memory array whole
-        (whitened once) and reads anything else in chunks of about 16 MiB of
+        (whitened once) and reads anything else in chunks of about 1 MiB of
         float64. Results do not depend on it beyond rounding.
 
     Returns
@@ -742,12 +754,16 @@ class _HeadSolve:
         R = self.hess.matvec(S) + self.damping * self.cols * S - G
         return float(torch.linalg.norm(R) / max(float(torch.linalg.norm(G)), 1e-300))
 
-    def quad_forms(self, design, R, chunk=256):
-        """``vec(r_i a_iᵀ)ᵀ (H+λ)⁻¹ vec(r_i a_iᵀ)`` for the rows of ``design``."""
-        out = torch.empty(design.n, dtype=torch.float64, device=R.device)
+    def quad_forms(self, design, P, y, chunk=256):
+        """``vec(r_i a_iᵀ)ᵀ (H+λ)⁻¹ vec(r_i a_iᵀ)`` for the rows of ``design``.
+
+        ``r_i = p_i - onehot(y_i)`` from the probabilities ``P`` (n, k) and the
+        label tensor ``y``, chunk by chunk.
+        """
+        out = torch.empty(design.n, dtype=torch.float64, device=P.device)
         for sl, X in design:
             A_all = design.rows(X)
-            R_all = R[sl]
+            R_all = _residuals(P[sl], y[sl])
             for s in range(0, len(A_all), chunk):
                 A, Rc = A_all[s:s + chunk], R_all[s:s + chunk]
                 Gi = _project_null((Rc[:, :, None] * A[:, None, :]).transpose(0, 1))
@@ -757,18 +773,25 @@ class _HeadSolve:
         return out
 
 
-def _val_gradient(design, R_val, val_weights):
-    m = design.n
+def _normalised_weights(val_weights, m, device):
     if val_weights is None:
-        w = torch.full((m,), 1.0 / m, dtype=torch.float64, device=R_val.device)
-    else:
-        w = torch.as_tensor(np.asarray(val_weights, dtype=np.float64), device=R_val.device)
-        if w.shape != (m,):
-            raise ValueError(f"val_weights must have shape ({m},), got {tuple(w.shape)}.")
-        if not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
-            raise ValueError("val_weights must be finite, >= 0 and not all zero.")
-        w = w / w.sum()
-    return design.gram(R_val * w[:, None])
+        return torch.full((m,), 1.0 / m, dtype=torch.float64, device=device)
+    w = torch.as_tensor(np.asarray(val_weights, dtype=np.float64), device=device)
+    if w.shape != (m,):
+        raise ValueError(f"val_weights must have shape ({m},), got {tuple(w.shape)}.")
+    if not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
+        raise ValueError("val_weights must be finite, >= 0 and not all zero.")
+    return w / w.sum()
+
+
+def _val_gradient(design, P_val, y_val, w):
+    """``Σ_v w_v r_v a_vᵀ`` with the residuals formed chunk by chunk."""
+    acc, accb = design.accumulator(P_val.shape[1])
+    for sl, X in design:
+        R = _residuals(P_val[sl], y_val[sl]).mul_(w[sl, None])
+        acc += R.T @ X
+        accb += R.sum(0)
+    return design.join(acc, accb)
 
 
 @dataclass
@@ -778,9 +801,9 @@ class _HeadScores:
     scores: np.ndarray
     W: torch.Tensor
     b: torch.Tensor
-    P: torch.Tensor           # (n, k) training probabilities
-    P_val: torch.Tensor       # (m, k) validation probabilities
-    R_val: torch.Tensor       # (m, k) validation residuals
+    P: torch.Tensor           # (n, k) training probabilities (a view of the work buffer)
+    P_val: torch.Tensor       # (m, k) validation probabilities (a view of the work buffer)
+    y_val: torch.Tensor       # (m,) validation labels
     val_weights: np.ndarray   # as given (None: uniform)
     coords: _Coords
     design_val: _Design
@@ -790,11 +813,13 @@ class _HeadScores:
     residual: float
     n_iter: int
     seconds: dict = field(default_factory=dict)
+    passes: dict = field(default_factory=dict)
 
 
 def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping="auto",
                 hessian="exact", solver="auto", val_weights=None, tol=1e-10,
-                need_factor=False, fit_tol=1e-10, max_iter=1000, init=None, verbose=0):
+                need_factor=False, fit_tol=1e-10, max_iter=1000, init=None, verbose=0,
+                work=None):
     """The head influence computation shared by every caller.
 
     ``tr`` and ``va`` are validated :class:`FeatureChunks`, ``y_tr``/``y_va``
@@ -803,35 +828,50 @@ def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping
     start) when given. ``val_weights`` may be a
     callable ``proba_val -> weights`` (cross-fitting trims on the fold's own
     probabilities). Returns a :class:`_HeadScores`.
+
+    Memory: the only arrays that grow with ``n + m`` are the probabilities,
+    held in ``work`` (an ``(n + m, k)`` float64 tensor, allocated when
+    omitted; cross-fitting passes one buffer to every fold), the scores and
+    the label tensors (views of the given arrays). Neither one-hot labels nor
+    residuals are ever stored: they are formed chunk by chunk.
     """
     seconds = {}
+    tr.passes = 0
+    passes = {}
     k = int(n_classes)
-    n = tr.n
+    n, m = tr.n, va.n
     dev = tr.device
+    if work is None:
+        work = torch.empty(n + m, k, dtype=torch.float64, device=dev)
+    P, P_val = work[:n], work[n:n + m]
     with limit_threads():
         t0 = time.perf_counter()
         coords = _Coords.raw(tr) if hessian == "identity" and W is not None \
             else _Coords.whitening(tr)
         A = _Design(tr, coords, cache=True)
+        yt = torch.as_tensor(y_tr, device=dev)
         if W is None:
-            W, b = _fit_in(A, y_tr, k, alpha, tol=fit_tol, max_iter=max_iter, init=init)
+            W, b = _fit_in(A, yt, k, alpha, tol=fit_tol, max_iter=max_iter, init=init, P=P)
             seconds["fit"] = time.perf_counter() - t0
+            passes["fit"] = tr.passes
             if hessian == "identity":
                 # Gradient similarity depends on the parametrisation: use the original.
                 del A
                 coords = _Coords.raw(tr)
                 A = _Design(tr, coords, cache=True)
+            trim_heap()
         t1 = time.perf_counter()
         # Probabilities from the head as given, in the original coordinates.
-        P = _proba(tr, W, b)
-        P_val = _proba(va, W, b)
+        _proba(tr, W, b, out=P)
+        _proba(va, W, b, out=P_val)
         if callable(val_weights):
             val_weights = val_weights(P_val)
         Av = _Design(va, coords)
-        yt = torch.as_tensor(y_tr, device=dev)
-        R_val = _residuals(P_val, torch.as_tensor(y_va, device=dev))
-        G = _project_null(_val_gradient(Av, R_val, val_weights))
+        yv = torch.as_tensor(y_va, device=dev)
+        G = _project_null(_val_gradient(Av, P_val, yv,
+                                        _normalised_weights(val_weights, m, dev)))
         seconds["gradients"] = time.perf_counter() - t1
+        passes["gradients"] = tr.passes - sum(passes.values())
         t2 = time.perf_counter()
         hs = None
         if hessian == "identity":
@@ -845,23 +885,29 @@ def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping
             lam, used, n_iter = hs.damping, hs.solver, hs.n_iter
             resid = hs.residual(S, G)
         seconds["solve"] = time.perf_counter() - t2
+        passes["solve"] = tr.passes - sum(passes.values())
         t3 = time.perf_counter()
         Sq, sb = A.split(S)
-        scores = torch.empty(n, dtype=torch.float64, device=dev)
+        scores = np.empty(n)
+        out = torch.from_numpy(scores) if dev.type == "cpu" else torch.empty(
+            n, dtype=torch.float64, device=dev)
         for sl, X in A:
             R = _residuals(P[sl], yt[sl])
-            scores[sl] = ((X @ Sq.T + sb) * R).sum(1) / n
-        scores = scores.cpu().numpy()
+            out[sl] = ((X @ Sq.T + sb) * R).sum(1) / n
+        if dev.type != "cpu":
+            scores[:] = out.cpu().numpy()
+        del out
         seconds["scores"] = time.perf_counter() - t3
+        passes["scores"] = tr.passes - sum(passes.values())
     if not np.isfinite(scores).all():
         raise FloatingPointError(
             "head influence produced non-finite scores; check the features "
             "and increase alpha or damping.")
     return _HeadScores(
         scores=scores, W=_as_f64(W, dev), b=_as_f64(b, dev), P=P, P_val=P_val,
-        R_val=R_val, val_weights=val_weights, coords=coords, design_val=Av, solve=hs,
+        y_val=yv, val_weights=val_weights, coords=coords, design_val=Av, solve=hs,
         damping=float(lam), solver=used, residual=float(resid), n_iter=int(n_iter),
-        seconds=seconds)
+        seconds=seconds, passes=passes)
 
 
 def head_influence(F_train, y_train, F_val, y_val, *, n_classes, alpha,
@@ -924,13 +970,16 @@ def head_influence(F_train, y_train, F_val, y_val, *, n_classes, alpha,
         head + ".bias"]``, or ``["weight", "bias"]`` when omitted.
     chunk_size : int or "auto", default="auto"
         Rows per chunk; ``"auto"`` keeps a moderate in-memory array whole
-        (whitened once) and reads anything else in chunks of about 16 MiB of
+        (whitened once) and reads anything else in chunks of about 1 MiB of
         float64. Results do not depend on it beyond rounding.
 
     Returns
     -------
     result : InfluenceResult
         ``residual`` is measured in the whitened coordinates the solve runs in.
+        ``info["passes"]``: how many times each phase (``fit``, with the
+        whitening statistics; ``gradients``; ``solve``; ``scores``) read all
+        training features, the cost that dominates for features on disk.
     """
     t0 = time.perf_counter()
     if hessian not in ("exact", "identity"):
@@ -953,5 +1002,5 @@ def head_influence(F_train, y_train, F_val, y_val, *, n_classes, alpha,
     return InfluenceResult(
         scores=res.scores, damping=res.damping, solver=res.solver, hessian=hessian,
         residual=res.residual, n_iter=res.n_iter, seconds=seconds, params=params,
-        W=res.W.cpu().numpy(), b=res.b.cpu().numpy(),
+        W=res.W.cpu().numpy(), b=res.b.cpu().numpy(), info={"passes": res.passes},
     )

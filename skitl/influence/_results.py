@@ -69,15 +69,19 @@ class CrossFitResult:
     oof_loss : ndarray of shape (n,)
         Cross-entropy under ``oof_proba`` (in-sample for non-target samples).
     oof_self_influence : ndarray of shape (n,)
-        ``(1/n_fold) ∇L_iᵀ H⁻¹ ∇L_i`` with the head fitted without the
-        sample's fold (``H`` of that head, damping included). Where only CG
-        was available (``k (d+1)`` too large for a dense factor) it is the
-        gradient norm ``(1/n_fold) ‖∇L_i‖²`` instead; see
-        ``self_influence_hessian``. NaN for non-target samples (never held
-        out) when a ``target`` mask was given.
+        Self-influence of each held-out sample under the head fitted without
+        its fold. ``self_influence_hessian="exact"`` (asked for with
+        ``self_influence=True``, and only where a dense factor of ``H`` fits):
+        ``(1/n_fold) ∇L_iᵀ H⁻¹ ∇L_i`` with ``H`` the Hessian of that head,
+        damping included. ``"identity"`` (the default, and the fallback): the
+        squared gradient norm ``(1/n_fold) ‖∇L_i‖²``, which needs no factor.
+        NaN for non-target samples (never held out) when a ``target`` mask
+        was given.
     self_influence_hessian : str
-        ``"exact"`` or ``"identity"`` (the fallback above).
-    folds : list of (train_idx, val_idx)
+        ``"exact"`` or ``"identity"``, as above.
+    fold_of : ndarray of int of shape (n,)
+        The fold in which each sample was held out (validation), ``-1`` for
+        samples never held out (non-target samples with a ``target`` mask).
     val_weights_per_fold : list of ndarray
         The weights :func:`trim_weights` gave each fold's validation samples.
     damping : list of float
@@ -85,10 +89,20 @@ class CrossFitResult:
     residual : list of float
         Relative solver residual per fold.
     solver : str
+        The solver of the folds (``"cholesky"`` or ``"cg"``; ``"none"`` for
+        the identity Hessian).
     seconds : dict
         Wall time by phase, summed over folds.
     target : ndarray of bool of shape (n,) or None
         The target mask the folds ran over (None: all samples).
+    passes : dict
+        Passes over each fold's training features by phase (``fit``,
+        ``gradients``, ``solve``, ``scores``), summed over folds: the cost
+        that dominates for features on disk.
+    folds : list of (train_idx, val_idx)
+        Sorted index arrays of each fold, built from ``fold_of`` when read
+        (a property: the result itself keeps one small integer per sample,
+        not ``cv`` index arrays of length ``n``).
     """
 
     scores: np.ndarray
@@ -96,10 +110,27 @@ class CrossFitResult:
     oof_loss: np.ndarray
     oof_self_influence: np.ndarray
     self_influence_hessian: str
-    folds: list
+    fold_of: np.ndarray
     val_weights_per_fold: list
     damping: list
     residual: list
     solver: str
     seconds: dict = field(default_factory=dict)
     target: np.ndarray = None
+    passes: dict = field(default_factory=dict)
+
+    @property
+    def folds(self):
+        """Sorted ``(train_idx, val_idx)`` index arrays of each fold.
+
+        Rebuilt from ``fold_of`` at every access, so the result keeps one
+        small integer per sample instead of ``cv`` pairs of index arrays.
+
+        Returns
+        -------
+        folds : list of (ndarray, ndarray)
+            One pair per fold; ``train_idx`` holds every sample not held out
+            in that fold (non-target samples included).
+        """
+        return [(np.flatnonzero(self.fold_of != f), np.flatnonzero(self.fold_of == f))
+                for f in range(len(self.val_weights_per_fold))]
