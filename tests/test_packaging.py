@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import sklearn
 
 import skitl
 
@@ -67,16 +68,23 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_readme_quick_start_runs():
-    """The README's quick start, with 1 epoch and 2 folds so it takes seconds."""
+    """The README's quick start and its search, with 1 epoch and 2 splits."""
     text = (ROOT / "README.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
-    assert "max_epochs=60" in code and "cv=3" in code
-    code = code.replace("max_epochs=60", "max_epochs=1").replace("cv=3", "cv=2")
+    fit_block, search_block = re.findall(r"```python\n(.*?)```", text, flags=re.S)[:2]
+    assert "max_epochs=30" in fit_block and "StratifiedKFold(3" in search_block
+    code = (fit_block.replace("max_epochs=30", "max_epochs=1")
+            + search_block.replace("StratifiedKFold(3", "StratifiedKFold(2"))
     namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
-    search = namespace["search"]
-    assert len(search.cv_results_["params"]) == 4
-    assert search.best_estimator_["clf"].selector_.n_removed_ > 0
+    # the quick start turns metadata routing on globally; keep it out of other tests
+    with sklearn.config_context():
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    clf, search = namespace["clf"], namespace["search"]
+    domain = namespace["sample_domain"]
+    kept = clf.selector_.support_
+    assert kept[domain < 0].all()          # target samples are never removal candidates
+    assert 0 < clf.selector_.n_removed_ <= (domain > 0).sum()
+    assert len(search.cv_results_["params"]) == 2
+    assert 0.0 <= search.best_score_ <= 1.0
 
 
 def test_ruff_clean():
