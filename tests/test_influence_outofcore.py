@@ -251,6 +251,27 @@ def test_pages_released_only_for_shared_mappings(tmp_path, data):
                                       F.astype(np.float64))
 
 
+def test_subset_pass_releases_every_row_it_spans(tmp_path, data):
+    # The rows of a fold are not contiguous, so chunks do not start on page
+    # windows: reading one chunk maps pages of the previous one again (the
+    # kernel's fault-around). Each release therefore starts at the previous
+    # chunk's first row, and a pass leaves no row between its first and last
+    # one unreleased.
+    F = data[0]
+    ch = FeatureChunks(_memmap(tmp_path, F), chunk_size=16)
+    rows = np.flatnonzero(np.arange(len(F)) % 3 != 1)
+    sub = ch.subset(rows)
+    released = []
+    sub._release = lambda lo, hi: released.append((lo, hi))
+    got = torch.cat([X for _, X in sub])
+    np.testing.assert_array_equal(got.numpy(), F[rows].astype(np.float64))
+    for (_, hi), (lo2, _) in zip(released, released[1:]):
+        assert lo2 <= hi  # adjacent or overlapping: no gap left mapped
+    starts = rows[::16]
+    assert [lo for lo, _ in released] == [starts[0]] + list(starts[:-1])
+    assert released[-1][1] == rows[-1] + 1
+
+
 def test_nonfinite_memmap_is_named(tmp_path, data):
     F, y, Fv, yv = data
     bad = F.copy()

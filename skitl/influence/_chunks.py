@@ -137,13 +137,16 @@ class FeatureChunks:
         return FeatureChunks(self.F, absolute, chunk_size=self._chunk_arg,
                              device=self.device)
 
-    def _read(self, s, e):
+    def _read(self, s, e, since=None):
+        """Rows ``s:e`` as a new float64 tensor; file pages from row ``since`` on are released."""
         F = self.F
         if self.rows is None:
             raw, lo, hi = F[s:e], s, e
         else:
             idx = self.rows[s:e]
             raw, lo, hi = F[idx], int(idx[0]), int(idx[-1]) + 1
+        if since is not None:
+            lo = min(lo, since)
         if isinstance(raw, torch.Tensor):
             t = raw.to(device=self.device, dtype=torch.float64, copy=True)
         else:
@@ -170,9 +173,18 @@ class FeatureChunks:
         place): the source is never written to.
         """
         self.passes += 1
+        since = None
         for s in range(0, self.n, self.chunk_size):
             e = min(s + self.chunk_size, self.n)
-            yield slice(s, e), self._read(s, e)
+            # Release the previous chunk's rows again: reading this chunk
+            # faults in whole windows of file pages (the kernel's
+            # fault-around, 64 KiB), which remaps the previous chunk's last
+            # pages when chunks do not start on a window boundary, as with
+            # the rows of a cross-fitting fold. Left mapped, they stayed
+            # resident: 12 MB for the folds of 200k rows at d = 512, growing
+            # with n.
+            yield slice(s, e), self._read(s, e, since)
+            since = s if self.rows is None else int(self.rows[s])
 
     def count_nonfinite(self):
         """Number of NaN or infinite entries, counted chunk by chunk."""
