@@ -312,3 +312,33 @@ def test_deep_cross_fit_runs_the_prefix_once(digits, monkeypatch):
                             lambda self, net, X: X)
         whole = InfluenceSampleSelector(est, **params).fit(X, y).scores_
     np.testing.assert_allclose(cached, whole, rtol=1e-6, atol=1e-12)
+
+
+class _ForwardNotAllowed(torch.nn.Module):
+    """A network whose forward pass fails the test: nothing may run it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(64, 8)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        raise AssertionError("a forward pass ran before the parameters were checked")
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"solver": "qr"}, "'solver' parameter"),
+        ({"hessian": "newton"}, "'hessian' parameter"),
+        ({"params": "layers"}, "'params' parameter"),
+        ({"params": ["nothing_here"]}, "matches no parameter"),
+    ],
+)
+def test_bad_parameters_fail_before_any_forward_pass(digits, params, match):
+    from skitl import TransferClassifier
+
+    X, y = digits
+    sel = InfluenceSampleSelector(TransferClassifier(_ForwardNotAllowed), **params)
+    with pytest.raises(ValueError, match=match):
+        sel.fit(X, y)
