@@ -354,3 +354,35 @@ def test_ekfac_sees_module_outputs_despite_inplace_ops(data):
     b = deep_influence(net(False), X, y, Xv, yv, **kw)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5,
                                atol=1e-7 * np.abs(b.scores).max())
+
+
+def test_ekfac_batchnorm_block_is_dense(data, monkeypatch):
+    # With only a BatchNorm analysed, EK-FAC is its full sampled-label GGN
+    # block: close to the exact damped GGN inverse; its diagonal is not.
+    from skitl.influence import _ekfac
+
+    X, y, Xv, yv = data
+    Xi, Xvi = X.reshape(-1, 1, 8, 8), Xv.reshape(-1, 1, 8, 8)
+    torch.manual_seed(0)
+    net = _CNN().eval()
+    kw = dict(params=["bn.*"], hessian="ekfac", damping=1e-3, n_label_samples=8)
+    dense = deep_influence(net, Xi, y, Xvi, yv, **kw)
+    monkeypatch.setattr(_ekfac, "DENSE_MAX", 0)
+    diagonal = deep_influence(net, Xi, y, Xvi, yv, **kw)
+    assert dense.residual < 0.2 < 1.0 < diagonal.residual
+
+
+def test_auto_damping_is_ten_times_ekfac_rule_for_ggn_solves(data):
+    # Same EK-FAC statistics (same random_state): the GGN solve's per-module
+    # damping is GGN_DAMPING_FACTOR / EKFAC_DAMPING_FACTOR times EK-FAC's.
+    from skitl.influence._deep_solvers import EKFAC_DAMPING_FACTOR, GGN_DAMPING_FACTOR
+
+    X, y, Xv, yv = data
+    net = _mlp(torch.float32)
+    ek = deep_influence(net, X, y, Xv, yv, hessian="ekfac")
+    cg = deep_influence(net, X, y, Xv, yv, hessian="ggn", preconditioner="ekfac")
+    assert cg.info["preconditioner"] == "ekfac" and cg.residual <= 1e-3
+    ratio = GGN_DAMPING_FACTOR / EKFAC_DAMPING_FACTOR
+    assert ratio == pytest.approx(10.0)
+    for name, value in ek.info["damping_per_module"].items():
+        assert cg.info["damping_per_module"][name] == pytest.approx(ratio * value, rel=1e-5)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..utils import check_X, resolve_device, torch_generator
+from . import _deep_solvers
 from ._deep_solvers import SOLVERS, CGSolver, EKFACSolver, IdentitySolver
 from ._ekfac import EKFAC
 from ._features import eval_mode
@@ -80,7 +81,8 @@ def _make_solver(hessian, solver, operator, damping, opts, gen):
         means = (ekfac.block_mean_eigenvalues() if ekfac is not None and hessian == "ggn"
                  else operator.block_mean_eigenvalues(gen))
     if auto:
-        damping = operator.model.per_block({k: 0.1 * v for k, v in means.items()})
+        factor = _deep_solvers.GGN_DAMPING_FACTOR
+        damping = operator.model.per_block({k: factor * v for k, v in means.items()})
         if solver == "arnoldi":  # a low-rank inverse needs one scalar
             damping = float(damping.double().mean())
     if pre == "blocks":
@@ -143,9 +145,14 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
     solver : {"cg", "lissa", "arnoldi"}, default="cg"
         Ignored for ``"ekfac"`` (its inverse is explicit) and ``"identity"``.
     damping : "auto" or float, default="auto"
-        Added to the Hessian. ``"auto"``: kronfluence's rule, on the
-        parameters of each module 0.1 times the mean eigenvalue of that
-        module's diagonal block of ``H`` (its trace over its size), estimated
+        Added to the Hessian. ``"auto"``: on the parameters of each module,
+        a factor times the mean eigenvalue of that module's diagonal block
+        of ``H`` (its trace over its size). The factor is 0.1 for
+        ``hessian="ekfac"`` (kronfluence's rule) and 1.0 for solves on the
+        GGN or exact Hessian: on a fine-tuned CNN the leave-subset-out
+        fidelity (LDS) of converged GGN-CG scores was 0.64 at 0.1 and 0.69
+        at 1.0 (0.60 and 0.74 with another seed), about flat up to 10, while
+        EK-FAC's own LDS fell as its damping grew. The mean is estimated
         from the EK-FAC statistics when they are computed (``hessian="ekfac"``
         or an EK-FAC-preconditioned CG on the GGN) and by Hutchinson's
         diagonal estimator on one training batch otherwise; one scalar (the
@@ -179,9 +186,10 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
         ``preconditioner`` (``"auto"``: ``"blocks"`` with ``damping="auto"``,
         none otherwise; ``"blocks"``: each module's parameters scaled by that
         block's mean eigenvalue plus damping, 1.5x fewer iterations on a
-        fine-tuned CNN; ``"ekfac"``: EK-FAC's damped inverse, measured to
-        slow CG down, because the rescaling symmetries of ReLU / BatchNorm
-        networks couple the blocks it treats as independent; ``None``),
+        fine-tuned CNN; ``"ekfac"``: EK-FAC's damped inverse, which cut the
+        measured condition number of a random-weight ResNet-18's last block
+        70-fold but tripled the iterations on a fine-tuned small CNN, and
+        costs one EK-FAC fit; ``None``),
         ``on_failure`` (``"warn"``: a
         ``sklearn.exceptions.ConvergenceWarning`` when ``tol`` is not
         reached; ``"raise"``: ``RuntimeError``). LiSSA: ``depth`` (1000),

@@ -7,9 +7,9 @@ covariance ``E[g gᵀ]`` (labels sampled from the model, so that ``E[g gᵀ]`` i
 the GGN / true-Fisher factor for the cross-entropy), and ``Λ`` the exact second
 moments of the per-sample gradients in that basis (the eigenvalue
 correction). The parameters of any other module (BatchNorm, LayerNorm, ...)
-get a diagonal block: the second moments of their per-sample pseudo-gradients,
-which is what EK-FAC's correction gives for a one-dimensional factor. Blocks
-are treated as independent. Own code, following kronfluence's conventions
+get their full block, the second-moment matrix of their per-sample
+pseudo-gradients, when they have at most ``DENSE_MAX`` parameters, and its
+diagonal otherwise. Blocks are treated as independent. Own code, following kronfluence's conventions
 (damping 0.1 × mean eigenvalue).
 
 Input coordinates that are exactly zero for every sample (the padded taps of a
@@ -29,6 +29,8 @@ _KRONECKER = (nn.Linear, nn.Conv2d)
 STATS_BYTES = 256 << 20
 #: Elements of the per-sample rotated-gradient buffer (memory of the eigenvalue pass).
 _BUFFER = 1 << 24
+#: Parameters of a non-Linear/Conv2d module up to which its GGN block is kept dense.
+DENSE_MAX = 4096
 
 
 class _Kronecker:
@@ -89,6 +91,9 @@ class _Kronecker:
             G = torch.einsum("nto,nti->noi", gr[s:s + step], ar[s:s + step])
             self.lam += (G ** 2).sum(0)
 
+    def finish(self, m):
+        self.lam /= m
+
     def n_coords(self):
         return self.shape[0] * self.shape[1]
 
@@ -117,14 +122,27 @@ class _Kronecker:
         return out
 
 
-class _Diagonal:
-    """Any other module: the diagonal of the GGN over its own parameters."""
+class _Dense:
+    """Any other module (BatchNorm, LayerNorm, ...): its full GGN block.
+
+    These modules are small (two vectors per channel), and their
+    coordinates are correlated: scaling every channel of a BatchNorm at
+    once moves the logits coherently, which a diagonal block misses. The
+    block is the second-moment matrix of the per-sample
+    pseudo-gradients (the sampled-label GGN, as EK-FAC's factors), inverted
+    through its eigendecomposition; modules with more than ``DENSE_MAX``
+    parameters keep its diagonal. On ResNet-18's ``layer4.1`` + ``fc`` the
+    full blocks lowered the residual of EK-FAC as a solver of the damped GGN
+    from 161 to 100.
+    """
 
     def __init__(self, name, module, attrs):
         self.name = name
         self.module = module
         self.attrs = list(attrs)
-        self.lam = None
+        self.sizes = [getattr(module, a).numel() for a in self.attrs]
+        self.dense = sum(self.sizes) <= DENSE_MAX
+        self.lam = self.Q = None
 
     def stats(self, x, gout):
         return x, gout
@@ -138,7 +156,8 @@ class _Diagonal:
                         params)
             return fn(gi[None])[0]
 
-        return vmap(one)(x, g)
+        grads = vmap(one)(x, g)
+        return torch.cat([grads[a].reshape(len(x), -1) for a in self.attrs], 1).double()
 
     def accumulate(self, a, g):
         pass
@@ -147,23 +166,33 @@ class _Diagonal:
         pass
 
     def correct(self, x, g):
-        grads = self._per_sample(x, g)
-        sq = {k: (v.double() ** 2).sum(0) for k, v in grads.items()}
-        self.lam = sq if self.lam is None else {k: self.lam[k] + sq[k] for k in sq}
+        G = self._per_sample(x, g)
+        M = G.T @ G if self.dense else (G ** 2).sum(0)
+        self.lam = M if self.lam is None else self.lam + M
+
+    def finish(self, m):
+        self.lam = self.lam / m
+        if self.dense:
+            self.lam, self.Q = torch.linalg.eigh(self.lam)
+            self.lam.clamp_(min=0.0)  # rounding below zero of a PSD matrix
 
     def n_coords(self):
-        return sum(getattr(self.module, a).numel() for a in self.attrs)
+        return sum(self.sizes)
 
     def lam_sum(self):
-        return sum(float(v.sum()) for v in self.lam.values())
+        return float(self.lam.sum())
 
     def param_names(self):
         return [f"{self.name}.{a}" if self.name else a for a in self.attrs]
 
     def inverse(self, vd, damping):
+        keys = self.param_names()
+        v = torch.cat([vd[k].reshape(-1).double() for k in keys])
+        x = (self.Q @ ((self.Q.T @ v) / (self.lam + damping)) if self.dense
+             else v / (self.lam + damping))
         out = {}
-        for a, key in zip(self.attrs, self.param_names()):
-            out[key] = (vd[key].double() / (self.lam[a] + damping)).to(vd[key].dtype)
+        for k, part in zip(keys, torch.split(x, self.sizes)):
+            out[k] = part.view(vd[k].shape).to(vd[k].dtype)
         return out
 
 
@@ -226,7 +255,7 @@ class EKFAC:
                 raise ValueError(f"EK-FAC needs {mname}.weight analysed together with "
                                  "its bias.")
             else:
-                self.blocks.append(_Diagonal(mname, mod, attrs))
+                self.blocks.append(_Dense(mname, mod, attrs))
 
     def _run(self, xb):
         """Forward with hooks; per-block (inputs, [output grads per label sample])."""
@@ -315,10 +344,7 @@ class EKFAC:
                         blk.correct(a, g)
         m = n * self.n_label_samples
         for blk in self.blocks:
-            if isinstance(blk.lam, dict):
-                blk.lam = {k: v / m for k, v in blk.lam.items()}
-            else:
-                blk.lam /= m
+            blk.finish(m)
         self.n_passes_ = 1 if kept is not None else 2
         return self
 
