@@ -180,9 +180,18 @@ def test_bad_sample_domain(rotated, sample_domain, match):
 def test_target_part_too_small_for_cv(rotated):
     X, y, sd, _, _ = rotated
     few = sd.copy()
-    few[np.flatnonzero(sd < 0)[5:]] = 1  # five target samples left
+    for c in np.unique(y):  # two target samples of each class left
+        few[np.flatnonzero((sd < 0) & (y == c))[2:]] = 1
     with pytest.raises(ValueError, match=r"among the target samples .* fewer than cv=3"):
         InfluenceSampleSelector(cv=3).fit(X, y, sample_domain=few)
+
+
+def test_class_without_target_samples(rotated):
+    X, y, sd, _, _ = rotated
+    gone = sd.copy()
+    gone[(sd < 0) & (y == y[0])] = 1  # one class has auxiliary samples only
+    with pytest.raises(ValueError, match=rf"Class\(es\) \[{y[0]}\] have no target sample"):
+        InfluenceSampleSelector(cv=3).fit(X, y, sample_domain=gone)
 
 
 def test_scorer_needs_routing():

@@ -185,6 +185,15 @@ def fold_evals(F, y, folds, order_scores, weights=None, F_val=None, y_val=None):
 
 
 def _check_target_classes(y, is_target, cv, classes):
+    # A class with no target sample has no target loss to judge its samples by:
+    # every auxiliary sample of it would look harmful.
+    missing = np.setdiff1d(np.unique(y), np.unique(y[is_target]))
+    if len(missing):
+        raise ValueError(
+            f"Class(es) {classes[missing].tolist()} have no target sample "
+            "(sample_domain < 0), so the target cannot judge their samples; mark "
+            "target samples of every class, or pass X_val, y_val covering them."
+        )
     check_cv_classes(y[is_target], cv, classes,
                      where=" among the target samples (sample_domain < 0)",
                      hint="lower cv, or mark more target samples")
