@@ -18,6 +18,7 @@ Examples
 --------
     python benchmarks/bench_influence_speed.py --threads 1
     python benchmarks/bench_influence_speed.py --quick --threads 1
+    python benchmarks/bench_influence_speed.py --diagnose --n-train 500 --n-val 100 --threads 1
 """
 
 import argparse
@@ -103,6 +104,92 @@ def tracked_modules(net, names):
     return out
 
 
+def diagnose(net, names, Xtr, ytr, Xv, yv, args):
+    """Why GGN-CG converges slowly here: operator symmetry, float32 rounding, spectrum.
+
+    Builds the engine's operator on the cached suffix (float32 and float64
+    copies) and prints the symmetry error ``|uᵀHv − vᵀHu| / (‖u‖ ‖Hv‖)``, the
+    float32 / float64 difference of ``Hv``, the largest eigenvalue (power
+    iteration), each module's mean eigenvalue, and for each preconditioner and
+    damping factor the CG residual (recursion and recomputed) after
+    ``--diagnose-iters`` iterations with the extreme Ritz values of the
+    preconditioned operator (from CG's own coefficients).
+    """
+    # Private engine pieces: this is a diagnosis of the engine, not a use of it.
+    from skitl.influence._deep import _val_weights
+    from skitl.influence._ekfac import EKFAC
+    from skitl.influence._operator import CurvatureOperator, _Data, _Model
+    from skitl.influence._prefix import find_cut, prefix_cache
+    from skitl.influence._solvers import power_iteration
+
+    cut = find_cut(net, names)
+    ctr = prefix_cache(net, Xtr, params=None, cut=cut, batch_size=args.batch_size)
+    cva = prefix_cache(net, Xv, params=None, cut=cut, batch_size=args.batch_size)
+    ops = {}
+    for dt in (torch.float32, torch.float64):
+        model = _Model(copy.deepcopy(cut.suffix).to(dt), names, "cpu")
+        op = CurvatureOperator(model, _Data(ctr, ytr, "cpu", dt), hessian="ggn", alpha=0.0,
+                               batch_size=len(ytr))
+        ops[dt] = (op, op.mean_gradient(_Data(cva, yv, "cpu", dt), _val_weights(None, len(yv))))
+    (op, g), (op64, g64) = ops[torch.float32], ops[torch.float64]
+    gen = torch.Generator().manual_seed(args.seed)
+    u, v = torch.randn(op.dim, generator=gen), torch.randn(op.dim, generator=gen)
+    for dt, (o, _) in ops.items():
+        uu, vv = u.to(dt), v.to(dt)
+        Hu, Hv = o.matvec(uu), o.matvec(vv)
+        err = abs(float(uu.double() @ Hv.double() - vv.double() @ Hu.double()))
+        print(f"symmetry error {dt}: {err / float(uu.norm() * Hv.norm()):.1e}")
+    for name, x, x64 in (("random v", v, v.double()), ("v = g_val", g, g64)):
+        d = op.matvec(x).double() - op64.matvec(x64)
+        print(f"float32 vs float64 Hv ({name}): relative difference "
+              f"{float(d.norm() / op64.matvec(x64).norm()):.1e}")
+    t = time.process_time()
+    op.matvec(g)
+    print(f"one float32 Hessian-vector pass: {time.process_time() - t:.2f} CPU s")
+    print(f"largest eigenvalue (power iteration, 30 steps): "
+          f"{power_iteration(op.matvec, g, n_iter=30, generator=gen):.3g}")
+    ek = EKFAC(op, generator=torch.Generator().manual_seed(args.seed)).fit()
+    means = op.block_mean_eigenvalues(torch.Generator().manual_seed(args.seed))
+    print("mean eigenvalue per module (Hutchinson): "
+          + ", ".join(f"{k} {m:.2e}" for k, m in means.items()))
+    print(f"{'preconditioner':>14s} {'factor':>6s} {'it':>4s} {'residual':>9s} "
+          f"{'recomputed':>10s} {'Ritz min':>9s} {'Ritz max':>9s}")
+    for pre_name in args.diagnose_preconditioners:
+        for factor in args.diagnose_factors:
+            src = ek.block_mean_eigenvalues() if pre_name == "ekfac" else means
+            lam = op.model.per_block({k: factor * m for k, m in src.items()})
+            if pre_name == "ekfac":
+                pre = lambda r, lam=lam: ek.inverse(r, lam)  # noqa: E731
+            else:
+                diag = op.model.per_block(src) + lam
+                pre = lambda r, diag=diag: r / diag  # noqa: E731
+            A = op.damped(lam)
+            x, r = torch.zeros_like(g), g.clone()
+            z = pre(r)
+            p, rz = z.clone(), float(r.double() @ z.double())
+            coef = []
+            for _ in range(args.diagnose_iters):
+                Ap = A(p)
+                a = rz / float(p.double() @ Ap.double())
+                x, r = x + a * p, r - a * Ap
+                z = pre(r)
+                rz_new = float(r.double() @ z.double())
+                coef.append((a, rz_new / rz))
+                p, rz = z + (rz_new / rz) * p, rz_new
+            # Lanczos tridiagonal of the preconditioned operator from CG's coefficients.
+            k = len(coef)
+            T = np.zeros((k, k))
+            for j, (a, b) in enumerate(coef):
+                T[j, j] = 1 / a + (coef[j - 1][1] / coef[j - 1][0] if j else 0.0)
+                if j + 1 < k:
+                    T[j, j + 1] = T[j + 1, j] = np.sqrt(b) / a
+            ritz = np.linalg.eigvalsh(T)
+            res = float(r.norm() / g.norm())
+            true = float((A(x) - g).norm() / g.norm())
+            print(f"{pre_name:>14s} {factor:6g} {k:4d} {res:9.2e} {true:10.2e} "
+                  f"{ritz[0]:9.2e} {ritz[-1]:9.2e}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,9 +202,13 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--alpha", type=float, default=1e-3, help="L2 of the head fit")
     ap.add_argument("--deep-params", nargs="+", default=["layer4.1", "fc"])
-    ap.add_argument("--deep-tol", type=float, default=1e-3, help="CG relative residual")
-    ap.add_argument("--deep-max-iter", type=int, default=500,
-                    help="CG iterations at most (the engine default)")
+    ap.add_argument("--deep-tol", type=float, default=None,
+                    help="CG relative residual (default: the engine's, 1e-3)")
+    ap.add_argument("--deep-max-iter", type=int, default=None,
+                    help="CG iterations at most (default: the engine's, 500)")
+    ap.add_argument("--deep-preconditioner", default=None,
+                    choices=["auto", "blocks", "ekfac", "none"],
+                    help="CG preconditioner (default: the engine's, 'auto')")
     ap.add_argument("--deep-damping", default="auto",
                     help="damping of the deep solves ('auto' or a float)")
     ap.add_argument("--repeat", type=int, default=3,
@@ -132,6 +223,12 @@ def main(argv=None):
                     help="kronfluence holds this many preconditioned query gradients")
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["cg", "ekfac", "kronfluence", "captum"])
+    ap.add_argument("--diagnose", action="store_true",
+                    help="only diagnose GGN-CG's convergence on --deep-params (see diagnose)")
+    ap.add_argument("--diagnose-iters", type=int, default=200)
+    ap.add_argument("--diagnose-factors", type=float, nargs="+", default=[0.1, 1.0])
+    ap.add_argument("--diagnose-preconditioners", nargs="+", default=["blocks", "ekfac"],
+                    choices=["blocks", "ekfac"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -173,6 +270,9 @@ def main(argv=None):
         net_fit.fc.weight.copy_(torch.as_tensor(res.W, dtype=torch.float32))
         net_fit.fc.bias.copy_(torch.as_tensor(res.b, dtype=torch.float32))
     names = select_parameters(net_fit, args.deep_params)
+    if args.diagnose:
+        diagnose(net_fit, names, Xtr, ytr, Xv, yv, args)
+        return 0
     n_par = sum(p.numel() for nm, p in net_fit.named_parameters() if nm in names)
     modules = tracked_modules(net_fit, names)
     conv_names = select_parameters(net_fit, modules)
@@ -208,17 +308,24 @@ def main(argv=None):
     def skitl_note(r):
         s = r.seconds
         return (f"{r.residual:.1e}",
-                f"{r.n_iter} it, damping {r.damping:.1e}, passes {r.info.get('passes')}, "
+                f"{r.n_iter} it, damping {r.damping:.1e}, "
+                f"preconditioner {r.info.get('preconditioner')}, passes {r.info.get('passes')}, "
                 f"cut {r.info.get('prefix_cut')}, "
                 + " ".join(f"{k}={v:.1f}" for k, v in s.items() if k != "total"))
 
     if "cg" not in args.skip:
-        add(f"skitl deep GGN-CG ({' '.join(args.deep_params)}, tol {args.deep_tol:g})",
+        # Engine defaults unless set on the command line.
+        cg_opts = {k: v for k, v in (("tol", args.deep_tol), ("max_iter", args.deep_max_iter),
+                                     ("preconditioner", args.deep_preconditioner))
+                   if v is not None}
+        if cg_opts.get("preconditioner") == "none":
+            cg_opts["preconditioner"] = None
+        add(f"skitl deep GGN-CG ({' '.join(args.deep_params)}, "
+            f"{' '.join(f'{k} {v}' for k, v in cg_opts.items()) or 'defaults'})",
             lambda: deep_influence(net_fit, Xtr, ytr, Xv, yv, params=args.deep_params,
-                                   hessian="ggn", solver="cg", tol=args.deep_tol,
-                                   max_iter=args.deep_max_iter, **deep), skitl_note)
+                                   hessian="ggn", solver="cg", **cg_opts, **deep), skitl_note)
     if "ekfac" not in args.skip:
-        add(f"skitl deep EK-FAC ({' '.join(args.deep_params)}, BN diagonal)",
+        add(f"skitl deep EK-FAC ({' '.join(args.deep_params)}, BatchNorm full blocks)",
             lambda: deep_influence(net_fit, Xtr, ytr, Xv, yv, params=args.deep_params,
                                    hessian="ekfac", **deep), skitl_note)
         add("skitl deep EK-FAC (Linear/Conv2d only, as kronfluence)",
