@@ -26,6 +26,8 @@ GGN_DAMPING_FACTOR = 1.0
 #: ``damping="auto"`` of the EK-FAC solver: kronfluence's 0.1 (its LDS on the same
 #: benchmark fell from 0.49 at 0.1 to 0.42 at 1.0 and 0.34 at 3.0).
 EKFAC_DAMPING_FACTOR = 0.1
+_ROWS = 1 << 16
+_COLUMNS = 16  # sketch columns per pass over the data (one accumulator each)
 
 
 class _Solver:
@@ -98,6 +100,117 @@ class EKFACSolver(_Solver):
         return s
 
 
+class NystromPreconditioner:
+    """Randomized Nyström preconditioner of the damped operator for CG.
+
+    Frangella, Tropp & Udell (2023), "Randomized Nyström preconditioning":
+    ``r`` products of the operator with a random orthonormal sketch give a
+    rank-``r`` approximation ``U Λ Uᵀ`` of its top eigenpairs, and
+
+    ``P⁻¹ = U (Λ + μ)⁻¹ Uᵀ (λ_r + μ) + (I − U Uᵀ)``
+
+    maps the top ``r`` eigenvalues of the damped operator to about
+    ``λ_r + μ`` and leaves the rest alone, so CG's condition number becomes
+    about ``(λ_{r+1} + μ) / μ``. A per-module damping vector ``d`` is
+    handled by sketching the symmetrically scaled operator ``D^{-1/2} H
+    D^{-1/2}`` (whose damping is then exactly ``μ = 1``) and applying
+    ``D^{-1/2} P⁻¹ D^{-1/2}``: with a scalar damping this is the plain
+    preconditioner, with ``damping="auto"`` it also equalises the modules'
+    curvature scales as the block preconditioner does.
+
+    Parameters
+    ----------
+    operator : CurvatureOperator
+        The undamped operator (``alpha`` included).
+    damping : float or torch.Tensor
+        The damping of the solve (a scalar or one value per parameter); must
+        be > 0.
+    rank : int, default=32
+        Sketch size ``r``: ``r`` Hessian-vector products (16 per pass over
+        the training data), two ``r × parameters`` tensors of the
+        parameters' dtype while fitting, one after.
+    generator : torch.Generator, optional
+        Source of the random sketch.
+
+    Attributes
+    ----------
+    eigenvalues_ : torch.Tensor of shape (r',)
+        The approximate top eigenvalues of the scaled operator (``r' <= r``:
+        directions the sketch did not resolve are dropped).
+    n_passes_ : int
+        Hessian-vector products spent on the sketch (``rank``).
+    """
+
+    name = "nystrom"
+
+    def __init__(self, operator, damping, *, rank=32, generator=None):
+        rank = int(rank)
+        if not 1 <= rank <= operator.dim:
+            raise ValueError(f"rank must be in [1, {operator.dim}] (the number of "
+                             f"analysed parameters), got {rank}.")
+        d = damping if torch.is_tensor(damping) else torch.tensor(float(damping))
+        if not bool((d > 0).all()):
+            raise ValueError("preconditioner='nystrom' needs damping > 0 on every "
+                             "parameter (it preconditions H + damping I).")
+        self.operator, self.rank, self.generator = operator, rank, generator
+        d = d.to(dtype=operator.model.dtype, device=operator.model.device)
+        self.scale = (d.expand(operator.dim) if d.dim() == 0 else d).rsqrt()
+        self.eigenvalues_ = None
+        self.n_passes_ = 0
+
+    def fit(self):
+        """Sketch the scaled operator and keep its top eigenpairs; returns self."""
+        op, S, r = self.operator, self.scale, self.rank
+        dt, dev = op.model.dtype, op.model.device
+        omega = torch.randn(op.dim, r, generator=self.generator, dtype=dt).to(dev)
+        omega = torch.linalg.qr(omega)[0]
+        Y = torch.empty_like(omega)
+        before = op.n_passes
+        for j in range(0, r, _COLUMNS):
+            Y[:, j:j + _COLUMNS] = S[:, None] * op.matmat(S[:, None] * omega[:, j:j + _COLUMNS])
+        self.n_passes_ = op.n_passes - before
+        # Small r × r products in float64, over row chunks (no p × r float64 copy).
+        rows = range(0, op.dim, _ROWS)
+        G = sum(Y[i:i + _ROWS].double().T @ Y[i:i + _ROWS].double() for i in rows)
+        K = sum(omega[i:i + _ROWS].double().T @ Y[i:i + _ROWS].double() for i in rows)
+        # Shift Y by ν Ω (ν ~ the rounding of float32 products) so that the core
+        # Ωᵀ Y is positive definite; ν is subtracted from the eigenvalues after.
+        nu = float(torch.linalg.eigvalsh(G)[-1].sqrt()) * op.dim ** 0.5 * torch.finfo(dt).eps
+        eye = torch.eye(r, dtype=torch.float64, device=dev)
+        core = 0.5 * (K + K.T) + nu * eye
+        G = G + nu * (K + K.T) + nu * nu * eye  # (Y + νΩ)ᵀ(Y + νΩ), Ω orthonormal
+        # B = (Y + νΩ) C⁻ᵀ with C = chol(core): its left singular vectors are U and
+        # its squared singular values Λ + ν, from the r × r Gram matrix
+        # Bᵀ B = C⁻¹ G C⁻ᵀ instead of an SVD of a p × r matrix.
+        C, err = torch.linalg.cholesky_ex(core)
+        if int(err):
+            raise RuntimeError(
+                f"The Nyström sketch of the {op.hessian} Hessian is not positive "
+                "semi-definite (the exact Hessian is indefinite away from a minimum); "
+                "use hessian='ggn' or another preconditioner.")
+        Ci = torch.linalg.solve_triangular(C, eye, upper=False)
+        sig2, V = torch.linalg.eigh(Ci @ G @ Ci.T)
+        keep = (sig2 - nu > 0).flip(0)
+        sig2, V = sig2.flip(0)[keep], V.flip(1)[:, keep]  # descending
+        W = Ci.T @ V / sig2.sqrt()
+        for i in rows:  # U overwrites Y, chunk by chunk
+            Y[i:i + _ROWS, :len(sig2)] = (
+                (Y[i:i + _ROWS].double() + nu * omega[i:i + _ROWS].double()) @ W).to(dt)
+        del omega
+        self.U = Y[:, :len(sig2)].clone() if len(sig2) < r else Y
+        lam = sig2 - nu
+        self.eigenvalues_ = lam.to(dt)
+        # (λ_r + μ) / (λ + μ) − 1 on the kept directions, μ = 1 on the scaled operator.
+        self._coef = ((lam[-1] + 1.0) / (lam + 1.0) - 1.0).to(dt)
+        return self
+
+    def apply(self, r):
+        """``P⁻¹ r`` for the damped operator (a flat vector)."""
+        x = self.scale * r
+        x = x + self.U @ (self._coef * (self.U.T @ x))
+        return self.scale * x
+
+
 class CGSolver(_Solver):
     """Conjugate gradient on the damped operator, optionally EK-FAC preconditioned.
 
@@ -108,9 +221,10 @@ class CGSolver(_Solver):
     tol : float, default=1e-3
         Relative residual to reach.
     max_iter : int, default=500
-    preconditioner : EKFAC, torch.Tensor or None
-        An EKFAC (its damped inverse preconditions), or a flat vector ``m``
-        (the diagonal preconditioner ``r -> r / m``).
+    preconditioner : EKFAC, NystromPreconditioner, torch.Tensor or None
+        An EKFAC (its damped inverse preconditions), a fitted
+        NystromPreconditioner, or a flat vector ``m`` (the diagonal
+        preconditioner ``r -> r / m``).
     on_failure : {"warn", "raise"}, default="warn"
         What to do when ``tol`` is not reached: a ``ConvergenceWarning`` or a
         ``RuntimeError``.
@@ -135,6 +249,8 @@ class CGSolver(_Solver):
         if torch.is_tensor(self.preconditioner):
             diag = self.preconditioner
             pre = lambda r: r / diag  # noqa: E731
+        elif isinstance(self.preconditioner, NystromPreconditioner):
+            pre = self.preconditioner.apply
         elif self.preconditioner is not None:
             ek = self.preconditioner
             pre = lambda r: ek.inverse(r, lam + op.alpha)  # noqa: E731
