@@ -163,22 +163,33 @@ class NystromPreconditioner:
         op, S, r = self.operator, self.scale, self.rank
         dt, dev = op.model.dtype, op.model.device
         omega = torch.randn(op.dim, r, generator=self.generator, dtype=dt).to(dev)
-        omega = torch.linalg.qr(omega)[0]
+        if 4 * r > op.dim:  # nearly square: Householder QR (small problems only)
+            omega = torch.linalg.qr(omega)[0]
+        else:
+            # A tall Gaussian matrix has condition number <= 3 here, so one
+            # Cholesky QR pass orthonormalises it well enough (the exact ΩᵀΩ is
+            # used below anyway) with two GEMMs: Householder QR of 4.7 M × 32
+            # took 4 CPU s, more than the Hessian-vector products of the sketch.
+            L = torch.linalg.cholesky(sum(
+                (c := omega[i:i + _ROWS].double()).T @ c for i in range(0, op.dim, _ROWS)))
+            Linv_t = torch.linalg.inv(L).T.to(dt)
+            for i in range(0, op.dim, _ROWS):
+                omega[i:i + _ROWS] = omega[i:i + _ROWS] @ Linv_t
         Y = torch.empty_like(omega)
         before = op.n_passes
         for j in range(0, r, _COLUMNS):
             Y[:, j:j + _COLUMNS] = S[:, None] * op.matmat(S[:, None] * omega[:, j:j + _COLUMNS])
         self.n_passes_ = op.n_passes - before
-        # Small r × r products in float64, over row chunks (no p × r float64 copy).
-        rows = range(0, op.dim, _ROWS)
-        G = sum(Y[i:i + _ROWS].double().T @ Y[i:i + _ROWS].double() for i in rows)
-        K = sum(omega[i:i + _ROWS].double().T @ Y[i:i + _ROWS].double() for i in rows)
-        # Shift Y by ν Ω (ν ~ the rounding of float32 products) so that the core
-        # Ωᵀ Y is positive definite; ν is subtracted from the eigenvalues after.
-        nu = float(torch.linalg.eigvalsh(G)[-1].sqrt()) * op.dim ** 0.5 * torch.finfo(dt).eps
+        # [Ω Y]ᵀ[Ω Y] in float64 over row chunks (no p × r float64 copy).
+        gram = sum((c := torch.cat((omega[i:i + _ROWS], Y[i:i + _ROWS]), 1).double()).T @ c
+                   for i in range(0, op.dim, _ROWS))
+        OO, OY, YY = gram[:r, :r], gram[:r, r:], gram[r:, r:]
+        # Y + νΩ = (A + νI) Ω with ν ~ the rounding of float32 products makes the
+        # core Ωᵀ(A + νI)Ω positive definite; ν is subtracted from the eigenvalues.
+        nu = float(torch.linalg.eigvalsh(YY)[-1].sqrt()) * op.dim ** 0.5 * torch.finfo(dt).eps
+        core = 0.5 * (OY + OY.T) + nu * OO
+        G = YY + nu * (OY + OY.T) + nu * nu * OO  # (Y + νΩ)ᵀ(Y + νΩ)
         eye = torch.eye(r, dtype=torch.float64, device=dev)
-        core = 0.5 * (K + K.T) + nu * eye
-        G = G + nu * (K + K.T) + nu * nu * eye  # (Y + νΩ)ᵀ(Y + νΩ), Ω orthonormal
         # B = (Y + νΩ) C⁻ᵀ with C = chol(core): its left singular vectors are U and
         # its squared singular values Λ + ν, from the r × r Gram matrix
         # Bᵀ B = C⁻¹ G C⁻ᵀ instead of an SVD of a p × r matrix.
@@ -192,10 +203,9 @@ class NystromPreconditioner:
         sig2, V = torch.linalg.eigh(Ci @ G @ Ci.T)
         keep = (sig2 - nu > 0).flip(0)
         sig2, V = sig2.flip(0)[keep], V.flip(1)[:, keep]  # descending
-        W = Ci.T @ V / sig2.sqrt()
-        for i in rows:  # U overwrites Y, chunk by chunk
-            Y[i:i + _ROWS, :len(sig2)] = (
-                (Y[i:i + _ROWS].double() + nu * omega[i:i + _ROWS].double()) @ W).to(dt)
+        W = (Ci.T @ V / sig2.sqrt()).to(dt)
+        for i in range(0, op.dim, _ROWS):  # U overwrites Y, chunk by chunk
+            Y[i:i + _ROWS, :len(sig2)] = (Y[i:i + _ROWS] + nu * omega[i:i + _ROWS]) @ W
         del omega
         self.U = Y[:, :len(sig2)].clone() if len(sig2) < r else Y
         lam = sig2 - nu
