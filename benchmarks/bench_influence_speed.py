@@ -19,6 +19,9 @@ Examples
     python benchmarks/bench_influence_speed.py --threads 1
     python benchmarks/bench_influence_speed.py --quick --threads 1
     python benchmarks/bench_influence_speed.py --diagnose --n-train 500 --n-val 100 --threads 1
+    python benchmarks/bench_influence_speed.py --diagnose --n-train 500 --n-val 100 --threads 1 \
+        --repeat 1 --diagnose-preconditioners nystrom --diagnose-ranks 32 64 128 \
+        --diagnose-factors 1 --diagnose-iters 300
 """
 
 import argparse
@@ -104,7 +107,7 @@ def tracked_modules(net, names):
     return out
 
 
-def diagnose(net, names, Xtr, ytr, Xv, yv, args):
+def diagnose(net, names, Xtr, ytr, Xv, yv, args, t_fwd):
     """Why GGN-CG converges slowly here: operator symmetry, float32 rounding, spectrum.
 
     Builds the engine's operator on the cached suffix (float32 and float64
@@ -112,11 +115,15 @@ def diagnose(net, names, Xtr, ytr, Xv, yv, args):
     float32 / float64 difference of ``Hv``, the largest eigenvalue (power
     iteration), each module's mean eigenvalue, and for each preconditioner and
     damping factor the CG residual (recursion and recomputed) after
-    ``--diagnose-iters`` iterations with the extreme Ritz values of the
-    preconditioned operator (from CG's own coefficients).
+    ``--diagnose-iters`` iterations (or on reaching 1e-3) with the extreme
+    Ritz values of the preconditioned operator (from CG's own coefficients),
+    the iterations to 1e-3 and the cost of such a solve in forward passes
+    (train + val): the Nyström sketch (``nystrom``, one row per
+    ``--diagnose-ranks``) plus one Hessian-vector pass per iteration.
     """
     # Private engine pieces: this is a diagnosis of the engine, not a use of it.
     from skitl.influence._deep import _val_weights
+    from skitl.influence._deep_solvers import NystromPreconditioner
     from skitl.influence._ekfac import EKFAC
     from skitl.influence._operator import CurvatureOperator, _Data, _Model
     from skitl.influence._prefix import find_cut, prefix_cache
@@ -145,7 +152,9 @@ def diagnose(net, names, Xtr, ytr, Xv, yv, args):
               f"{float(d.norm() / op64.matvec(x64).norm()):.1e}")
     t = time.process_time()
     op.matvec(g)
-    print(f"one float32 Hessian-vector pass: {time.process_time() - t:.2f} CPU s")
+    t_hv = t = time.process_time() - t
+    print(f"one float32 Hessian-vector pass: {t:.2f} CPU s = {t / t_fwd:.2f}x forward "
+          f"(train+val, {t_fwd:.2f} CPU s)")
     print(f"largest eigenvalue (power iteration, 30 steps): "
           f"{power_iteration(op.matvec, g, n_iter=30, generator=gen):.3g}")
     ek = EKFAC(op, generator=torch.Generator().manual_seed(args.seed)).fit()
@@ -153,12 +162,23 @@ def diagnose(net, names, Xtr, ytr, Xv, yv, args):
     print("mean eigenvalue per module (Hutchinson): "
           + ", ".join(f"{k} {m:.2e}" for k, m in means.items()))
     print(f"{'preconditioner':>14s} {'factor':>6s} {'it':>4s} {'residual':>9s} "
-          f"{'recomputed':>10s} {'Ritz min':>9s} {'Ritz max':>9s}")
-    for pre_name in args.diagnose_preconditioners:
+          f"{'recomputed':>10s} {'Ritz min':>9s} {'Ritz max':>9s} "
+          f"{'it to tol':>9s} {'sketch':>6s} {'total':>6s}  (x forward)")
+    runs = [(p, r) for p in args.diagnose_preconditioners
+            for r in (args.diagnose_ranks if p == "nystrom" else [None])]
+    for pre_name, rank in runs:
         for factor in args.diagnose_factors:
             src = ek.block_mean_eigenvalues() if pre_name == "ekfac" else means
             lam = op.model.per_block({k: factor * m for k, m in src.items()})
-            if pre_name == "ekfac":
+            sketch = 0.0
+            if pre_name == "nystrom":
+                ny = NystromPreconditioner(op, lam, rank=rank,
+                                           generator=torch.Generator().manual_seed(args.seed))
+                sketch = time.process_time()
+                pre = ny.fit().apply
+                sketch = time.process_time() - sketch
+                pre_name_r = f"nystrom r={rank}"
+            elif pre_name == "ekfac":
                 pre = lambda r, lam=lam: ek.inverse(r, lam)  # noqa: E731
             else:
                 diag = op.model.per_block(src) + lam
@@ -167,11 +187,14 @@ def diagnose(net, names, Xtr, ytr, Xv, yv, args):
             x, r = torch.zeros_like(g), g.clone()
             z = pre(r)
             p, rz = z.clone(), float(r.double() @ z.double())
-            coef = []
-            for _ in range(args.diagnose_iters):
+            coef, it_tol = [], None
+            for it in range(1, args.diagnose_iters + 1):
                 Ap = A(p)
                 a = rz / float(p.double() @ Ap.double())
                 x, r = x + a * p, r - a * Ap
+                if float(r.norm() / g.norm()) <= 1e-3:
+                    it_tol = it
+                    break
                 z = pre(r)
                 rz_new = float(r.double() @ z.double())
                 coef.append((a, rz_new / rz))
@@ -183,11 +206,17 @@ def diagnose(net, names, Xtr, ytr, Xv, yv, args):
                 T[j, j] = 1 / a + (coef[j - 1][1] / coef[j - 1][0] if j else 0.0)
                 if j + 1 < k:
                     T[j, j + 1] = T[j + 1, j] = np.sqrt(b) / a
-            ritz = np.linalg.eigvalsh(T)
+            ritz = np.linalg.eigvalsh(T) if k else np.full(1, np.nan)
             res = float(r.norm() / g.norm())
             true = float((A(x) - g).norm() / g.norm())
-            print(f"{pre_name:>14s} {factor:6g} {k:4d} {res:9.2e} {true:10.2e} "
-                  f"{ritz[0]:9.2e} {ritz[-1]:9.2e}", flush=True)
+            # Cost of a solve to 1e-3: the sketch's CPU time + one Hessian-vector
+            # pass per iteration and for the residual check (prefix, gradients and
+            # scores come on top).
+            cost = (f"{it_tol:9d} {sketch / t_fwd:6.1f} {(sketch + (it_tol + 1) * t_hv) / t_fwd:6.1f}"
+                    if it_tol else f"{'>' + str(it):>9s} {sketch / t_fwd:6.1f} {'':6s}")
+            label = pre_name_r if pre_name == "nystrom" else pre_name
+            print(f"{label:>14s} {factor:6g} {it:4d} {res:9.2e} {true:10.2e} "
+                  f"{ritz[0]:9.2e} {ritz[-1]:9.2e} {cost}", flush=True)
 
 
 def main(argv=None):
@@ -207,8 +236,11 @@ def main(argv=None):
     ap.add_argument("--deep-max-iter", type=int, default=None,
                     help="CG iterations at most (default: the engine's, 500)")
     ap.add_argument("--deep-preconditioner", default=None,
-                    choices=["auto", "blocks", "ekfac", "none"],
+                    choices=["auto", "blocks", "ekfac", "nystrom", "none"],
                     help="CG preconditioner (default: the engine's, 'auto')")
+    ap.add_argument("--deep-rank", type=int, default=None,
+                    help="sketch size of --deep-preconditioner nystrom (default: the "
+                         "engine's, 32)")
     ap.add_argument("--deep-damping", default="auto",
                     help="damping of the deep solves ('auto' or a float)")
     ap.add_argument("--repeat", type=int, default=3,
@@ -228,7 +260,9 @@ def main(argv=None):
     ap.add_argument("--diagnose-iters", type=int, default=200)
     ap.add_argument("--diagnose-factors", type=float, nargs="+", default=[0.1, 1.0])
     ap.add_argument("--diagnose-preconditioners", nargs="+", default=["blocks", "ekfac"],
-                    choices=["blocks", "ekfac"])
+                    choices=["blocks", "ekfac", "nystrom"])
+    ap.add_argument("--diagnose-ranks", type=int, nargs="+", default=[16, 32, 64],
+                    help="sketch sizes of the Nystrom preconditioner in the diagnosis")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -271,7 +305,7 @@ def main(argv=None):
         net_fit.fc.bias.copy_(torch.as_tensor(res.b, dtype=torch.float32))
     names = select_parameters(net_fit, args.deep_params)
     if args.diagnose:
-        diagnose(net_fit, names, Xtr, ytr, Xv, yv, args)
+        diagnose(net_fit, names, Xtr, ytr, Xv, yv, args, t_fwd)
         return 0
     n_par = sum(p.numel() for nm, p in net_fit.named_parameters() if nm in names)
     modules = tracked_modules(net_fit, names)
@@ -316,7 +350,8 @@ def main(argv=None):
     if "cg" not in args.skip:
         # Engine defaults unless set on the command line.
         cg_opts = {k: v for k, v in (("tol", args.deep_tol), ("max_iter", args.deep_max_iter),
-                                     ("preconditioner", args.deep_preconditioner))
+                                     ("preconditioner", args.deep_preconditioner),
+                                     ("rank", args.deep_rank))
                    if v is not None}
         if cg_opts.get("preconditioner") == "none":
             cg_opts["preconditioner"] = None
