@@ -221,7 +221,8 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
         operator for every solver (0 for ``"identity"``; NaN only with
         ``measure_residual=False``); ``n_iter`` the solver iterations;
         ``info`` holds ``prefix_cut`` (the cached activation, or None),
-        ``passes`` (full passes over the training data) and solver extras.
+        ``passes`` (Hessian-vector products over the training data, the
+        cost unit of a solve) and solver extras.
 
     Raises
     ------
