@@ -161,51 +161,48 @@ class CurvatureOperator:
         self.n_passes = 0
 
     # -- per-batch products -------------------------------------------------
-    def batch_matvec(self, xb, yb, v):
-        """Sum over the batch of the per-sample curvature times ``v`` (flat)."""
+    def batch_matmat(self, xb, yb, V):
+        """Sum over the batch of the per-sample curvature times each column of ``V``.
+
+        ``V`` is flat, ``dim × c``. On the GGN the batch's forward pass and its
+        linearisation for the backward product are shared by the columns
+        (measured 1.35x faster than ``c`` separate products on ResNet-18's
+        last block).
+        """
         model, theta = self.model, self.model.theta
-        vd = model.flat.unflatten(v)
+        out = torch.empty_like(V)
         if self.hessian == "exact":
             g = grad(lambda th: model.losses(th, xb, yb).sum())
-            out = jvp(g, (theta,), (vd,))[1]
+            for j in range(V.shape[1]):
+                vd = model.flat.unflatten(V[:, j])
+                out[:, j] = model.flat.flatten(jvp(g, (theta,), (vd,))[1])
         else:
             f = lambda th: model.logits(th, xb)  # noqa: E731
             z, vjp_fn = vjp(f, theta)
-            jv = jvp(f, (theta,), (vd,))[1]
-            out = vjp_fn(_ce_hessian_product(z, jv))[0]
-        return model.flat.flatten(out)
+            for j in range(V.shape[1]):
+                jv = jvp(f, (theta,), (model.flat.unflatten(V[:, j]),))[1]
+                out[:, j] = model.flat.flatten(vjp_fn(_ce_hessian_product(z, jv))[0])
+        return out
+
+    def batch_matvec(self, xb, yb, v):
+        """Sum over the batch of the per-sample curvature times ``v`` (flat)."""
+        return self.batch_matmat(xb, yb, v[:, None])[:, 0]
 
     def matvec(self, v):
         """``H v`` over all training data, alpha term included, damping not."""
-        acc = torch.zeros_like(v)
-        bar = tqdm(total=self.n, desc="Hv", disable=self.verbose <= 1, leave=False)
-        for xb, yb, _ in self.data.batches(self.batch_size):
-            acc += self.batch_matvec(xb, yb, v)
-            bar.update(len(xb))
-        bar.close()
-        self.n_passes += 1
-        return acc / self.n + self.alpha * self.model.decay * v
+        return self.matmat(v[:, None])[:, 0]
 
     def matmat(self, V):
         """``H V`` for the columns of ``V`` (dim × c) in one pass over the training data.
 
-        Each batch's forward pass and its linearisation for the backward
-        product are shared by the columns (measured 1.35x faster than ``c``
-        calls of :meth:`matvec` on ResNet-18's last block); counted as ``c``
-        products in ``n_passes``.
+        Counted as ``c`` products in ``n_passes``.
         """
-        model, theta = self.model, self.model.theta
         acc = torch.zeros_like(V)
+        bar = tqdm(total=self.n, desc="Hv", disable=self.verbose <= 1, leave=False)
         for xb, yb, _ in self.data.batches(self.batch_size):
-            if self.hessian == "exact":
-                for j in range(V.shape[1]):
-                    acc[:, j] += self.batch_matvec(xb, yb, V[:, j])
-                continue
-            f = lambda th, xb=xb: model.logits(th, xb)  # noqa: E731
-            z, vjp_fn = vjp(f, theta)
-            for j in range(V.shape[1]):
-                jv = jvp(f, (theta,), (model.flat.unflatten(V[:, j]),))[1]
-                acc[:, j] += model.flat.flatten(vjp_fn(_ce_hessian_product(z, jv))[0])
+            acc += self.batch_matmat(xb, yb, V)
+            bar.update(len(xb))
+        bar.close()
         self.n_passes += V.shape[1]
         return acc / self.n + self.alpha * self.model.decay[:, None] * V
 
