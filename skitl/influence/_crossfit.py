@@ -26,7 +26,7 @@ from ._head import (
     _residuals,
     _score_head,
 )
-from ._results import CrossFitResult
+from ._results import CrossFitResult, fold_indices
 
 # Rows per step where fold results are scattered into the outputs by index
 # (a temporary of this many rows instead of one as long as the fold).
@@ -254,8 +254,7 @@ def cross_fit_head_influence(F, y, *, n_classes, cv=5, alpha, val_trim="auto",
     seconds, passes = {}, {}
     init = None
     for f in tqdm(range(cv), desc="cross-fit", disable=verbose <= 0, leave=False):
-        va = np.flatnonzero(fold_of == f)
-        tr = np.flatnonzero(fold_of != f)
+        tr, va = fold_indices(fold_of, f)
         y_va = y[va]
 
         def fold_weights(P_val, y_va=y_va):
@@ -306,11 +305,11 @@ def cross_fit_head_influence(F, y, *, n_classes, cv=5, alpha, val_trim="auto",
         score_sum /= cv - 1
     else:
         # target samples were trained on in cv - 1 folds, the others in all cv
-        for rows, count in ((np.flatnonzero(target), cv - 1), (np.flatnonzero(~target), cv)):
-            score_sum[rows] /= count
-            if count == cv:
-                for s in range(0, len(rows), _ROWS):
-                    oof_proba[rows[s:s + _ROWS]] /= cv
+        score_sum[target] /= cv - 1
+        others = np.flatnonzero(~target)
+        score_sum[others] /= cv
+        for s in range(0, len(others), _ROWS):
+            oof_proba[others[s:s + _ROWS]] /= cv
     scores = score_sum
     oof_loss = np.take_along_axis(oof_proba, y[:, None], 1)[:, 0]
     np.clip(oof_loss, 1e-300, None, out=oof_loss)

@@ -132,5 +132,9 @@ class CrossFitResult:
             One pair per fold; ``train_idx`` holds every sample not held out
             in that fold (non-target samples included).
         """
-        return [(np.flatnonzero(self.fold_of != f), np.flatnonzero(self.fold_of == f))
-                for f in range(len(self.val_weights_per_fold))]
+        return [fold_indices(self.fold_of, f) for f in range(len(self.val_weights_per_fold))]
+
+
+def fold_indices(fold_of, f):
+    """Sorted ``(train_idx, val_idx)`` of fold ``f`` from the per-sample fold numbers."""
+    return np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
