@@ -13,16 +13,24 @@ What lives here and not in the package (``skitl._experiment`` keeps only what
 - :func:`private_cache_dir` / :func:`cached_network`: pretrained source
   networks cached as state dicts in a folder only the current user can write,
   loaded with ``torch.load(weights_only=True)``;
-- the run header (command, date, machine) and two plots (bars with error
-  bars; removal curves).
+- what every script starts with: :func:`make_parser` and
+  :func:`add_arguments` (the common options: ``--quick``, ``--threads``,
+  ``--out``, ``--tag``, ``--resume``, ``--quiet``, ...), :func:`limit_threads`
+  (torch threads, flush-to-zero, optionally the BLAS pools), the run header
+  (:func:`run_info`, :func:`header_lines`: command, UTC date, machine, load)
+  and :class:`Log` (lines printed and kept in a result file written with
+  :func:`atomic_write`);
+- two plots (bars with error bars; removal curves).
 """
 
+import argparse
 import csv
 import hashlib
 import io
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -307,39 +315,105 @@ def cached_network(cache_dir, name, build, make_module):
 
 
 # ---------------------------------------------------------------------------
-# Run information
+# Arguments
 # ---------------------------------------------------------------------------
 
 
-def command_line(script):
-    """The command that started this run, for logs and result pages."""
-    return " ".join(["python", f"benchmarks/{os.path.basename(script)}", *sys.argv[1:]])
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                    argparse.RawDescriptionHelpFormatter):
+    """Defaults shown in the help; the description as the docstring wrote it."""
 
 
-def machine(threads, device="cpu"):
-    """One line describing the machine, the torch threads and the device."""
-    import torch
+def make_parser(doc, *, page=None, full_doc=False):
+    """The argument parser of a benchmark script, described by its docstring.
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__} with {threads} thread(s), device {device}, "
-            f"Python {platform.python_version()}")
-
-
-def now():
-    """The current UTC time."""
-    return datetime.now(timezone.utc)
-
-
-def limit_threads(threads):
-    """One torch thread (or ``threads``), and denormals flushed to zero.
-
-    The pretrained small CNNs produce denormal floats: without flushing them
-    their fine-tuning ran 19x slower on the CPU (measured).
+    Parameters
+    ----------
+    doc : str
+        The script's ``__doc__``.
+    page : str, optional
+        The documentation page with the protocol and the results (epilog).
+    full_doc : bool, default=False
+        Show the whole docstring, not only its first paragraph.
     """
-    import torch
+    return argparse.ArgumentParser(
+        description=doc if full_doc else doc.split("\n\n")[0],
+        epilog=None if page is None else f"See {page} for the protocol and the results.",
+        formatter_class=HelpFormatter,
+    )
 
-    torch.set_num_threads(max(1, int(threads)))
-    torch.set_flush_denormal(True)
+
+#: The options several scripts share: name -> (flags, argparse keywords).
+COMMON_ARGUMENTS = {
+    "quick": (("--quick",), dict(action="store_true",
+                                 help="a small, fast version of the run")),
+    "threads": (("--threads",), dict(type=int, default=1,
+                                     help="torch.set_num_threads")),
+    "out": (("--out",), dict(default=None, help="output folder")),
+    "tag": (("--tag",), dict(default=None, help="suffix of the output names (default "
+                                                "'quick' with --quick)")),
+    "resume": (("--resume",), dict(action="store_true",
+                                   help="keep the finished cells of an earlier run of "
+                                        "the same settings in the output CSV and run "
+                                        "only the others")),
+    "cache_dir": (("--cache-dir",), dict(default=None,
+                                         help="private cache of pretrained source "
+                                              "networks (default ~/.cache/skitl/bench, "
+                                              "mode 0700)")),
+    "pause": (("--pause",), dict(type=float, default=0.0,
+                                 help="sleep this many seconds after each finished cell "
+                                      "(to test interruption)")),
+    "quiet": (("--quiet",), dict(action="store_true", help="print nothing while running")),
+    "device": (("--device",), dict(default="cpu", help="torch device")),
+    "seed": (("--seed",), dict(type=int, default=0, help="random seed")),
+}
+
+
+def add_arguments(parser, *names, **changes):
+    """Add the common options ``names`` to ``parser``, in that order.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    *names : str
+        Keys of :data:`COMMON_ARGUMENTS`.
+    **changes : dict
+        Per name, argparse keywords that replace the common ones (``default``,
+        ``help``, ``nargs``, ...); ``aliases`` adds option strings, so an
+        older name of the same option keeps working (``--output`` for
+        ``--out``).
+
+    Examples
+    --------
+    >>> p = make_parser(__doc__)
+    >>> add_arguments(p, "threads", "out", threads=dict(default=None),
+    ...               out=dict(default="r.txt", aliases=("--output",)))
+    """
+    unknown = set(changes) - set(names)
+    if unknown:
+        raise ValueError(f"changes for options not added: {sorted(unknown)}")
+    for name in names:
+        flags, kwargs = COMMON_ARGUMENTS[name]
+        kwargs = dict(kwargs, **changes.get(name, {}))
+        aliases = tuple(kwargs.pop("aliases", ()))
+        parser.add_argument(*flags, *aliases, dest=name, **kwargs)
+    return parser
+
+
+def base_parser(doc, page, tasks, default_task, quick_what):
+    """A benchmark's parser with ``--task`` and ``--quick`` (what it cuts: ``quick_what``)."""
+    p = make_parser(doc, page=page)
+    p.add_argument("--task", choices=tasks, default=default_task)
+    add_arguments(p, "quick", quick=dict(help=f"under 5 minutes on 2 CPU cores: "
+                                              f"{quick_what} (explicit options still "
+                                              "win)"))
+    return p
+
+
+def add_run_arguments(parser, *, out, threads=1):
+    """The options of the scripts whose results are cells (``--resume``)."""
+    add_arguments(parser, "resume", "threads", "out", "tag", "cache_dir", "pause",
+                  "quiet", threads=dict(default=threads), out=dict(default=out))
 
 
 def task_config(configs, task, quick):
@@ -351,39 +425,159 @@ def task_config(configs, task, quick):
     return cfg
 
 
-def base_parser(doc, page, tasks, default_task, quick_what):
-    """A benchmark's parser with ``--task`` and ``--quick`` (what it cuts: ``quick_what``)."""
-    import argparse
+# ---------------------------------------------------------------------------
+# Threads
+# ---------------------------------------------------------------------------
 
-    p = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0],
-        epilog=f"See {page} for the protocol and the results.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--task", choices=tasks, default=default_task)
-    p.add_argument("--quick", action="store_true",
-                   help=f"under 5 minutes on 2 CPU cores: {quick_what} (explicit "
-                        "options still win)")
-    return p
+#: Environment variables that size the BLAS / OpenMP pools of child processes.
+BLAS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "BLIS_NUM_THREADS")
 
 
-def add_run_arguments(parser, *, out, threads=1):
-    """The options every benchmark script shares."""
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the finished cells of an earlier run of the same "
-                             "settings in the output CSV and run only the others")
-    parser.add_argument("--threads", type=int, default=threads,
-                        help="torch.set_num_threads")
-    parser.add_argument("--out", default=out, help="output folder")
-    parser.add_argument("--tag", default=None,
-                        help="suffix of the output names (default 'quick' with --quick)")
-    parser.add_argument("--cache-dir", default=None,
-                        help="private cache of pretrained source networks "
-                             "(default ~/.cache/skitl/bench, mode 0700)")
-    parser.add_argument("--pause", type=float, default=0.0,
-                        help="sleep this many seconds after each finished cell "
-                             "(to test interruption)")
-    parser.add_argument("--quiet", action="store_true")
+def limit_threads(threads=1, *, flush_denormal=True, blas=False):
+    """Set the threads of this run once, at its start.
+
+    Parameters
+    ----------
+    threads : int or None, default=1
+        ``torch.set_num_threads(threads)``; ``None`` leaves torch's count.
+    flush_denormal : bool or None, default=True
+        ``torch.set_flush_denormal``; ``None`` leaves the setting. The
+        pretrained small CNNs produce denormal floats: without flushing them
+        their fine-tuning ran 19x slower on the CPU (measured).
+    blas : bool, default=False
+        Also cap the BLAS / OpenMP pools of every loaded library
+        (``threadpoolctl``) and set :data:`BLAS_ENV` for child processes to
+        ``threads``. No script does so now: skitl caps its own head algebra
+        (:func:`skitl.utils.limit_threads`).
+
+    Returns
+    -------
+    threads : int
+        torch's thread count afterwards.
+    """
+    import torch
+
+    if threads is not None:
+        threads = max(1, int(threads))
+        torch.set_num_threads(threads)
+        if blas:
+            from threadpoolctl import threadpool_limits
+
+            for name in BLAS_ENV:
+                os.environ[name] = str(threads)
+            threadpool_limits(threads)
+    if flush_denormal is not None:
+        torch.set_flush_denormal(bool(flush_denormal))
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------------------
+# Run information
+# ---------------------------------------------------------------------------
+
+
+def command_line(script, argv=None):
+    """The command that started this run (``argv``: the arguments given to ``main``)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"benchmarks/{os.path.basename(script)}", *args])
+
+
+def cpu_name():
+    """The CPU's model name (``/proc/cpuinfo`` where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages, rounded (NaNs where unknown)."""
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())
+    except (AttributeError, OSError):
+        return (float("nan"),) * 3
+
+
+def machine(threads=None, device="cpu"):
+    """One line describing the machine, the torch threads and the device.
+
+    ``threads`` defaults to torch's current count.
+    """
+    import torch
+
+    if threads is None:
+        threads = torch.get_num_threads()
+    return (f"{cpu_name()} ({platform.machine()}), {os.cpu_count()} CPU cores, torch "
+            f"{torch.__version__} with {threads} thread(s), device {device}, "
+            f"Python {platform.python_version()}")
+
+
+def now():
+    """The current UTC time."""
+    return datetime.now(timezone.utc)
+
+
+def run_info(script, argv=None, *, threads=None, device="cpu"):
+    """What a run records about itself when it starts.
+
+    Returns
+    -------
+    info : dict
+        ``command`` (:func:`command_line`), ``started`` (UTC datetime),
+        ``t_start`` (``time.perf_counter()``), ``machine`` (:func:`machine`
+        and the load average at the start).
+    """
+    return dict(command=command_line(script, argv), started=now(),
+                t_start=time.perf_counter(),
+                machine=f"{machine(threads, device)}; load average at start "
+                        f"{', '.join(str(x) for x in load_average())}")
+
+
+def header_lines(info):
+    """The run header: ``command: ...``, ``date: ... UTC``, ``machine: ...``."""
+    return [f"command: {info['command']}",
+            f"date: {info['started']:%Y-%m-%d %H:%M} UTC",
+            f"machine: {info['machine']}"]
+
+
+class Log:
+    """Lines printed as they come and kept for a result file.
+
+    Parameters
+    ----------
+    path : str, optional
+        The result file; ``None`` keeps the lines in :attr:`lines` only.
+    live : bool, default=False
+        Rewrite the file (atomically) after every line, so a long run that
+        is interrupted keeps what it measured; otherwise :meth:`save` writes
+        it. A live log starts the file afresh.
+    echo : bool, default=True
+        Print each line.
+    """
+
+    def __init__(self, path=None, *, live=False, echo=True):
+        self.path, self.live, self.echo = path, live, echo
+        self.lines = []
+        if live:
+            self.save()
+
+    def __call__(self, line=""):
+        if self.echo:
+            print(line, flush=True)
+        self.lines.append(line)
+        if self.live:
+            self.save()
+
+    def save(self, path=None):
+        """Write every line so far to ``path`` (default: the log's own)."""
+        path = self.path if path is None else path
+        if path:
+            atomic_write(path, "".join(f"{line}\n" for line in self.lines))
 
 
 # ---------------------------------------------------------------------------
