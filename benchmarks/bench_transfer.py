@@ -142,7 +142,7 @@ def build_parser():
     p.add_argument("--data-dir", default=_default_data_dir(),
                    help="folder with mnist/, usps/, cifar10_test_jpg/, "
                         "cifar10_resnet_weights/ (../shared/data when it exists)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto")
+    _harness.add_arguments(p, "device", device=dict(help="torch device: cpu, cuda, auto"))
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds (default 0 1 2; 0 with --quick)")
     p.add_argument("--noise", type=float, nargs="+", default=None,
@@ -468,7 +468,8 @@ def selectors_needed(pending):
     return sorted(needed, key=SELECTORS.index)
 
 
-def run(args):
+def run(args, argv=None):
+    """Every cell of the task not yet in the results (``argv``: for the header)."""
     from skitl._experiment import run_selectors
 
     _harness.limit_threads(args.threads)
@@ -481,12 +482,9 @@ def run(args):
               "network": [args.weights, args.arch, args.image_folder]}
     store = _harness.CellStore(stem + ".csv", _COLUMNS, CELL_COLUMNS, config,
                                resume=args.resume)
-    run_info = dict(command=_harness.command_line(__file__), started=_harness.now(),
-                    t_start=time.perf_counter(),
-                    machine=_harness.machine(args.threads, args.device))
+    run_info = _harness.run_info(__file__, argv, device=args.device)
     blocks, runs = blocks_of(args, setup), plan(setup)
-    say(f"command: {run_info['command']}\nstarted {run_info['started']:%Y-%m-%d %H:%M} "
-        f"UTC on {run_info['machine']}")
+    say("\n".join(_harness.header_lines(run_info)))
     say(f"{args.task}: {len(blocks)} seed x noise blocks x {len(runs)} fine-tuning runs; "
         f"config {cfg}")
     if store.n_resumed:
@@ -751,7 +749,7 @@ def main(argv=None):
     if args.task != "digits" and not args.image_folder and args.data_dir is None \
             and not args.task.startswith("imagenet"):
         raise SystemExit("--data-dir is needed (../shared/data was not found).")
-    run(args)
+    run(args, argv)
     return 0
 
 
