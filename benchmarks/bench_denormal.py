@@ -13,29 +13,35 @@ Example::
     python benchmarks/bench_denormal.py --threads 1
 """
 
-import argparse
 import contextlib
 import os
-import platform
+import sys
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 
+# the shared harness lives next to this script
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+def build_parser():
+    p = _harness.make_parser(__doc__)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
+    _harness.add_arguments(p, "threads")
     p.add_argument("--source", choices=("digits", "mnist"), default="digits",
                    help="digits: the embedded task; mnist: a SmallCNN pretrained on "
                         "the 10,000 MNIST test images (10 epochs; it has subnormal "
                         "weights), fine-tuned on 700 USPS images (needs --data-dir)")
     p.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
-    p.add_argument("--out", default=None,
-                   help="default benchmarks/results/denormal_<source>_cpu.txt")
-    args = p.parse_args(argv)
+    _harness.add_arguments(p, "out", out=dict(
+        help="result file (default benchmarks/results/denormal_<source>_cpu.txt)"))
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     import torch
 
@@ -44,8 +50,8 @@ def main(argv=None):
     from skitl.datasets import load_digits_transfer
     from skitl.models import pretrain_source_cnn
 
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(False)
+    # flush-to-zero off: the fits switch it on (skitl) or not (the patched copy)
+    _harness.limit_threads(args.threads, flush_denormal=False)
     if args.source == "digits":
         data = load_digits_transfer(noise=0.0, random_state=0)
         source = pretrain_source_cnn(data.X_source, data.y_source, random_state=0)
@@ -72,17 +78,11 @@ def main(argv=None):
         finally:
             transfer.flush_denormal = fix
 
-    lines = []
-
-    def log(msg):
-        print(msg, flush=True)
-        lines.append(msg)
-
-    log(f"command: python benchmarks/bench_denormal.py --epochs {args.epochs} "
-        f"--repeat {args.repeat} --threads {args.threads}")
-    log(f"date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()} "
-        f"{platform.processor() or ''} {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, threads {args.threads}, load average {os.getloadavg()}")
+    out = args.out or os.path.join("benchmarks", "results",
+                                   f"denormal_{args.source}_cpu.txt")
+    log = _harness.Log(out)
+    for line in _harness.header_lines(_harness.run_info(__file__, argv)):
+        log(line)
     log(f"SmallCNN pretrained on {len(data.y_source)} source images ({args.source}), "
         f"{subnormal} subnormal weights; fine-tuned on {len(data.y_train)} target "
         f"images for {args.epochs} epochs (all layers)")
@@ -101,12 +101,7 @@ def main(argv=None):
     from skitl.utils._threads import _flush_denormal_is_on
 
     log(f"flush-to-zero after the fits: {_flush_denormal_is_on()} (restored: it was off)")
-    out = args.out or os.path.join("benchmarks", "results",
-                                   f"denormal_{args.source}_cpu.txt")
-    if out:
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(out, "w") as fh:
-            fh.write("\n".join(x for x in lines if x) + "\n")
+    log.save()
     return 0
 
 

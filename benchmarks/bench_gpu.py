@@ -19,13 +19,16 @@ Example::
     python benchmarks/bench_gpu.py --toy --device cpu
 """
 
-import argparse
 import os
 import platform
+import sys
 import time
-from datetime import datetime, timezone
 
 import numpy as np
+
+# the shared harness lives next to this script
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
 
 
 def generated_images(n, size, n_classes, seed):
@@ -73,9 +76,9 @@ def forward_throughput(net, X, batch_size, device, dtype=None, repeat=2):
     return len(X) / best
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda")
+def build_parser():
+    p = _harness.make_parser(__doc__)
+    _harness.add_arguments(p, "device", device=dict(default="cuda"))
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--n-train", type=int, default=5000)
@@ -84,8 +87,14 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--toy", action="store_true",
                    help="resnet18 at 32 px, 32 train / 8 val: a CPU smoke run")
-    p.add_argument("--out", default=None,
-                   help="result file (default benchmarks/results/gpu_<device name>.txt)")
+    _harness.add_arguments(p, "threads", "out", threads=dict(
+        default=None, help="torch.set_num_threads (default: torch's own count)"),
+        out=dict(help="result file (default benchmarks/results/gpu_<device name>.txt)"))
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.toy:
         args.arch, args.size, args.n_train, args.n_val = "resnet18", 32, 32, 8
@@ -102,17 +111,15 @@ def main(argv=None):
         raise SystemExit("no CUDA device here; run with --device cpu (and --toy)")
     name = (torch.cuda.get_device_name(device) if device.startswith("cuda")
             else f"cpu-{platform.machine()}")
-    lines = []
-
-    def log(msg):
-        print(msg, flush=True)
-        lines.append(msg)
-
-    log(f"command: python benchmarks/bench_gpu.py --device {device} --arch {args.arch} "
-        f"--size {args.size} --n-train {args.n_train} --n-val {args.n_val}"
-        f"{' --toy' if args.toy else ''}")
-    log(f"date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; device {name}; torch "
-        f"{torch.__version__}")
+    _harness.limit_threads(args.threads, flush_denormal=None)
+    out = args.out or os.path.join(
+        "benchmarks", "results",
+        f"gpu_{''.join(c if c.isalnum() else '_' for c in name).lower()}.txt")
+    # the toy run writes a file only when asked to
+    log = _harness.Log(out if not args.toy or args.out else None)
+    described = f"{device} ({name})" if device.startswith("cuda") else device
+    for line in _harness.header_lines(_harness.run_info(__file__, argv, device=described)):
+        log(line)
     X, y = generated_images(args.n_train, args.size, args.classes, 0)
     Xv, yv = generated_images(args.n_val, args.size, args.classes, 1)
     torch.manual_seed(0)
@@ -147,13 +154,7 @@ def main(argv=None):
     secs = time.perf_counter() - t0
     log(f"one fine-tuning epoch (fp32, {args.n_train} images): {secs:6.2f} s, "
         f"{args.n_train / secs:8.0f} img/s")
-    out = args.out or os.path.join(
-        "benchmarks", "results",
-        f"gpu_{''.join(c if c.isalnum() else '_' for c in name).lower()}.txt")
-    if not args.toy or args.out:
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        with open(out, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
+    log.save()
     return 0
 
 

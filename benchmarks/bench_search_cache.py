@@ -14,27 +14,32 @@ Example::
     python benchmarks/bench_search_cache.py --threads 1
 """
 
-import argparse
 import os
-import platform
+import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 
+# the shared harness lives next to this script
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+def build_parser():
+    p = _harness.make_parser(__doc__)
     p.add_argument("--n-train", type=int, default=1200)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--cv", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=os.path.join("benchmarks", "results",
-                                                 "search_cache_cpu.txt"))
-    args = p.parse_args(argv)
+    _harness.add_arguments(p, "threads", "out", out=dict(
+        default=os.path.join("benchmarks", "results", "search_cache_cpu.txt"),
+        help="result file ('' for none)"))
+    return p
 
-    import torch
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+
     from sklearn.model_selection import GridSearchCV
 
     import skitl.selection._influence as influence_module
@@ -42,7 +47,7 @@ def main(argv=None):
     from skitl.datasets import load_digits_transfer
     from skitl.models import pretrain_source_cnn
 
-    torch.set_num_threads(args.threads)
+    _harness.limit_threads(args.threads, flush_denormal=None)
     data = load_digits_transfer(noise=0.3, n_target_train=args.n_train, random_state=0)
     source = pretrain_source_cnn(data.X_source, data.y_source, random_state=0)
     calls = []
@@ -59,17 +64,9 @@ def main(argv=None):
         "strategy": ["finetune", "linear_probe"],
     }
     n_candidates = int(np.prod([len(v) for v in grid.values()]))
-    lines = []
-
-    def log(msg):
-        print(msg, flush=True)
-        lines.append(msg)
-
-    log(f"command: python benchmarks/bench_search_cache.py --n-train {args.n_train} "
-        f"--epochs {args.epochs} --cv {args.cv} --threads {args.threads}")
-    log(f"date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()} "
-        f"{os.cpu_count()} cores, torch threads {args.threads}, load average "
-        f"{os.getloadavg()}")
+    log = _harness.Log(args.out)
+    for line in _harness.header_lines(_harness.run_info(__file__, argv)):
+        log(line)
     log(f"digits transfer task, {len(data.y_train)} target training images (30 % noise), "
         f"SmallCNN; grid of {n_candidates} candidates x {args.cv} splits "
         f"(+1 refit), {args.epochs} fine-tuning epochs each")
@@ -97,10 +94,7 @@ def main(argv=None):
     log(f"influence computations: {results['no memory'][0]} -> {results['memory'][0]} "
         f"(= {args.cv} splits + 1 refit); wall time "
         f"{results['no memory'][1] / results['memory'][1]:.2f}x faster with memory")
-    if args.out:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
+    log.save()
     return 0
 
 
