@@ -31,15 +31,12 @@ Examples
     python benchmarks/bench_influence_fidelity.py --quick --threads 1
 """
 
-import argparse
 import copy
-import os
-import platform
-import sys
 import time
 import traceback
 import warnings
 
+import _harness
 import numpy as np
 import torch
 import torch.nn as nn
@@ -196,11 +193,10 @@ def head_loo(args):
               f"{sec:8.3f}")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="20 subsets, 150 train, 60 LOO refits (a smoke run)")
+def build_parser():
+    ap = _harness.make_parser(__doc__, full_doc=True)
+    _harness.add_arguments(ap, "quick", quick=dict(
+        help="20 subsets, 150 train, 60 LOO refits (a smoke run)"))
     ap.add_argument("--n-train", type=int, default=300)
     ap.add_argument("--n-val", type=int, default=200)
     ap.add_argument("--subsets", type=int, default=50)
@@ -216,25 +212,26 @@ def main(argv=None):
     ap.add_argument("--loo-alpha", type=float, default=1e-2)
     ap.add_argument("--skip-lds", action="store_true")
     ap.add_argument("--skip-loo", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    _harness.add_arguments(ap, "threads", "seed", threads=dict(
+        default=None, help="torch.set_num_threads (default: torch's own count)"))
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.subsets, args.n_train, args.loo_n_train = 20, 150, 60
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    argv_s = " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"command: python benchmarks/bench_influence_fidelity.py {argv_s}")
-    print(f"date {time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} "
-          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()}, seed {args.seed}")
+    _harness.limit_threads(args.threads or None)
+    for line in _harness.header_lines(_harness.run_info(__file__, argv)):
+        print(line)
+    print(f"seed {args.seed}")
     t0 = time.perf_counter()
     if not args.skip_lds:
         lds(args)
     if not args.skip_loo:
         head_loo(args)
-    print(f"\ntotal {time.perf_counter() - t0:.0f}s; load average at end {os.getloadavg()}")
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s; load average at end "
+          f"{_harness.load_average()}")
     return 0
 
 

@@ -24,16 +24,13 @@ Examples
         --diagnose-factors 1 --diagnose-iters 300
 """
 
-import argparse
 import copy
-import os
-import platform
-import sys
 import time
 import traceback
 import warnings
 from pathlib import Path
 
+import _harness
 import numpy as np
 import torch
 import torch.nn as nn
@@ -219,16 +216,15 @@ def diagnose(net, names, Xtr, ytr, Xv, yv, args, t_fwd):
                   f"{ritz[0]:9.2e} {ritz[-1]:9.2e} {cost}", flush=True)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    ap = _harness.make_parser(__doc__, full_doc=True)
     ap.add_argument("--model", default="resnet18", help="torchvision model name")
     ap.add_argument("--size", type=int, default=32, help="image side in pixels")
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-val", type=int, default=200)
-    ap.add_argument("--quick", action="store_true", help="500 train / 50 validation")
+    _harness.add_arguments(ap, "quick", quick=dict(help="500 train / 50 validation"))
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--device", default="cpu")
+    _harness.add_arguments(ap, "device")
     ap.add_argument("--alpha", type=float, default=1e-3, help="L2 of the head fit")
     ap.add_argument("--deep-params", nargs="+", default=["layer4.1", "fc"])
     ap.add_argument("--deep-tol", type=float, default=None,
@@ -263,24 +259,24 @@ def main(argv=None):
                     choices=["blocks", "ekfac", "nystrom"])
     ap.add_argument("--diagnose-ranks", type=int, nargs="+", default=[16, 32, 64],
                     help="sketch sizes of the Nystrom preconditioner in the diagnosis")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    _harness.add_arguments(ap, "threads", "seed", threads=dict(
+        default=None, help="torch.set_num_threads (default: torch's own count)"))
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.n_train, args.n_val = 500, 50
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    _harness.limit_threads(args.threads or None)
     torch.manual_seed(args.seed)
     dev = args.device
     n, m = args.n_train, args.n_val
     X, y, source = load_data(n + m, args.size, args.seed)
     Xtr, ytr, Xv, yv = X[:n], y[:n], X[n:], y[n:]
     net = torchvision.models.get_model(args.model, weights=None, num_classes=10).to(dev).eval()
-    argv_s = " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"command: python benchmarks/bench_influence_speed.py {argv_s}")
-    print(f"date {time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} "
-          f"{os.cpu_count()} cores, load average at start {os.getloadavg()}")
+    for line in _harness.header_lines(_harness.run_info(__file__, argv, device=dev)):
+        print(line)
     print(f"model {args.model} (random weights, fitted head) @ {args.size}px, {n} train / "
           f"{m} val, device {dev}, torch threads {torch.get_num_threads()}, data: {source}")
 
@@ -393,7 +389,7 @@ def main(argv=None):
     if fastest and kron:
         print(f"skitl's fastest deep method ({fastest[0]}) is {kron[1] / fastest[1]:.1f}x "
               "faster than kronfluence EK-FAC")
-    print(f"load average at end: {os.getloadavg()}")
+    print(f"load average at end: {_harness.load_average()}")
     return 0
 
 

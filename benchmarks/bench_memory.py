@@ -41,6 +41,10 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+# the shared harness lives next to this script
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
+
 HERE = Path(__file__).resolve()
 RESULTS = HERE.parent / "results" / "memory_cpu.txt"
 
@@ -102,7 +106,8 @@ class GeneratedImages(Dataset):
 def child(args):
     import torch
 
-    torch.set_num_threads(1)
+    # one torch thread per measurement, denormals as skitl leaves them
+    _harness.limit_threads(1, flush_denormal=None)
     from skitl.influence import (
         cross_fit_head_influence,
         extract_features,
@@ -176,9 +181,8 @@ def run_child(argv):
     raise RuntimeError(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    ap = _harness.make_parser(__doc__, full_doc=True)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--d", type=int, default=512)
     ap.add_argument("--k", type=int, default=10)
@@ -192,12 +196,19 @@ def main(argv=None):
     ap.add_argument("--image-sizes", type=int, nargs="*", default=[20_000, 200_000])
     ap.add_argument("--modes", nargs="+", default=["head", "crossfit"])
     ap.add_argument("--dir", default=None, help="where the feature files go (temporary)")
-    ap.add_argument("--output", default=str(RESULTS))
+    _harness.add_arguments(ap, "out", out=dict(
+        default=str(RESULTS), aliases=("--output",),
+        help="result file, rewritten after every line ('' for none)"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--features", help=argparse.SUPPRESS)
     ap.add_argument("--val", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv=None):
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.child:
         return child(args)
@@ -205,20 +216,11 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix="skitl-bench-memory-", dir=args.dir)
     need = sum(args.sizes) * args.d * 4 / 2**30
     free = shutil.disk_usage(work).free / 2**30
-    out_path = Path(args.output) if args.output else None
-    if out_path is not None:
-        out_path.write_text("")
-
-    def say(line=""):
-        # written as it goes: the largest runs take long on a shared machine
-        print(line, flush=True)
-        if out_path is not None:
-            with out_path.open("a") as fh:
-                fh.write(line + "\n")
-
-    say(f"command: python benchmarks/{HERE.name} {' '.join(argv or sys.argv[1:])}")
-    say(f"date: {time.strftime('%Y-%m-%d %H:%M')}, load average at start: "
-        f"{tuple(round(x, 2) for x in os.getloadavg())}, one torch thread per child")
+    # written as it goes: the largest runs take long on a shared machine
+    say = _harness.Log(args.out or None, live=True)
+    for line in _harness.header_lines(_harness.run_info(__file__, argv, threads=1)):
+        say(line)
+    say("each measurement in a fresh child process with one torch thread")
     say(f"d={args.d}, k={args.k}, validation n={args.n_val} (no cross-fit), cv={args.cv} "
         f"(cross-fit, solver={args.cv_solver}), float32 features memmapped from "
         f"{work} ({free:.0f} GiB free, feature files {need:.2f} GiB)")
@@ -263,7 +265,7 @@ def main(argv=None):
                 images(args, say)
         if args.image_sizes and not args.modes:
             images(args, say)
-        say(f"load average at end: {tuple(round(x, 2) for x in os.getloadavg())}")
+        say(f"load average at end: {_harness.load_average()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

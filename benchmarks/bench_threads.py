@@ -24,13 +24,10 @@ Examples
     python benchmarks/bench_threads.py --quick
 """
 
-import argparse
 import contextlib
-import os
-import platform
 import time
 
-import numpy as np
+import _harness
 import torch
 import torchvision
 from bench_influence_speed import forward_pass, load_data
@@ -66,30 +63,35 @@ def best_wall(fn, repeat):
     return best
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    ap = _harness.make_parser(__doc__, full_doc=True)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-val", type=int, default=200)
-    ap.add_argument("--quick", action="store_true", help="500 train / 50 validation")
+    _harness.add_arguments(ap, "quick", quick=dict(help="500 train / 50 validation"))
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--alpha", type=float, default=1e-3)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    # several counts, not one: this script sets each in turn (the measurement)
+    _harness.add_arguments(ap, "threads", threads=dict(
+        nargs="+", default=[1, 2], help="torch thread counts to compare"))
     ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.n_train, args.n_val = 500, 50
-    torch.set_flush_denormal(True)
+    # denormals flushed; the torch threads are set per measurement below
+    _harness.limit_threads(None)
     n, m = args.n_train, args.n_val
     X, y, source = load_data(n + m, args.size, seed=0)
     Xtr, ytr, Xv, yv = X[:n], y[:n], X[n:], y[n:]
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None, num_classes=10).eval()
-    print(f"command: python benchmarks/bench_threads.py "
-          f"{' '.join(argv) if argv else ''}".rstrip())
-    print(f"date {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {platform.machine()} "
-          f"{os.cpu_count()} cores, load average {np.round(os.getloadavg(), 2).tolist()}")
+    counts = " and ".join(str(t) for t in args.threads)
+    for line in _harness.header_lines(_harness.run_info(__file__, argv, threads=counts)):
+        print(line)
     print(f"resnet18 (random weights) @ {args.size}px, {n} train / {m} val, data: {source}; "
           f"wall seconds, best of {args.repeat}\n")
 
@@ -114,7 +116,7 @@ def main(argv=None):
                   f"{uncapped:>16.2f} {uncapped / fwd:>6.2f}", flush=True)
     finally:
         torch.set_num_threads(before)
-    print(f"\nload average at end {np.round(os.getloadavg(), 2).tolist()}")
+    print(f"\nload average at end {_harness.load_average()}")
 
 
 if __name__ == "__main__":
