@@ -407,6 +407,33 @@ def replace_head(net, head_name, n_classes, *, random_state=None):
     return new
 
 
+def install_head(net, head_name, W, b):
+    """Put a fitted ``(W, b)`` head for the target classes into ``net``.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        skitl's own copy of the network (modified in place).
+    head_name : str
+        Dotted name of the classification layer.
+    W : array-like of shape (n_classes, n_features)
+        Weights of the fitted head.
+    b : array-like of shape (n_classes,)
+        Its bias.
+
+    Returns
+    -------
+    net : torch.nn.Module
+        The same network, with a new head holding ``W`` and ``b``.
+    """
+    layer = replace_head(net, head_name, W.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(W, dtype=layer.weight.dtype))
+        if layer.bias is not None:
+            layer.bias.copy_(torch.as_tensor(b, dtype=layer.bias.dtype))
+    return net
+
+
 def _as_patterns(patterns):
     if isinstance(patterns, str):
         return [patterns]

@@ -168,7 +168,8 @@ def test_memmap_never_materialised_in_float64(tmp_path, monkeypatch):
 class _PerSampleAllocations(TorchDispatchMode):
     """Record the shape of every new matrix (not a view) with ``rows`` rows or more.
 
-    Vectors of one value per sample (weights, self-influence) are not counted.
+    Vectors of one value per sample (weights, self-influence), also held as an
+    ``(n, 1)`` column, are not counted.
     """
 
     def __init__(self, rows):
@@ -181,7 +182,8 @@ class _PerSampleAllocations(TorchDispatchMode):
         if any(r.alias_info is not None for r in func._schema.returns):
             return out  # a view, or an op returning one of its inputs
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[0] >= self.rows:
+            if (isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[0] >= self.rows
+                    and t[0].numel() > 1):
                 self.shapes.append(tuple(t.shape))
         return out
 

@@ -7,20 +7,36 @@ negative = harmful.
 """
 
 from ._api import influence_scores
-from ._crossfit import cross_fit_head_influence, trim_weights
+from ._crossfit import cross_fit_head_influence, make_folds, trim_weights
 from ._deep import deep_influence
 from ._ekfac import EKFAC
 from ._features import extract_features
 from ._head import choose_solver, fit_head, head_influence, predict_proba_head
+from ._options import (
+    ArnoldiOptions,
+    CGOptions,
+    EKFACOptions,
+    HeadOptions,
+    IdentityOptions,
+    LiSSAOptions,
+    solver_options,
+)
 from ._params import select_parameters
 from ._prefix import PrefixCache, prefix_cache
-from ._results import CrossFitResult, InfluenceResult
+from ._results import CrossFitResult, EvalFolds, InfluenceResult
 from ._solvers import arnoldi, arnoldi_solve, conjugate_gradient, lissa, power_iteration
 
 __all__ = [
     "EKFAC",
+    "ArnoldiOptions",
+    "CGOptions",
     "CrossFitResult",
+    "EKFACOptions",
+    "EvalFolds",
+    "HeadOptions",
+    "IdentityOptions",
     "InfluenceResult",
+    "LiSSAOptions",
     "PrefixCache",
     "arnoldi",
     "arnoldi_solve",
@@ -33,9 +49,11 @@ __all__ = [
     "head_influence",
     "influence_scores",
     "lissa",
+    "make_folds",
     "power_iteration",
     "predict_proba_head",
     "prefix_cache",
     "select_parameters",
+    "solver_options",
     "trim_weights",
 ]

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from tqdm.auto import tqdm
 
 from ..utils._threads import limit_threads
@@ -102,19 +102,50 @@ def _check_target(target, n):
     return target
 
 
-def _folds(y, cv, k, target, random_state):
+def make_folds(y, cv, *, n_classes, target=None, random_state=None, adapt=False):
     """The fold in which each sample is held out (``-1``: never), as small ints.
 
-    One integer per sample instead of ``cv`` pairs of index arrays (``cv × n``
-    int64): a fold's indices are rebuilt from it when the fold runs.
+    The one fold plan of skitl: cross-fitting over a pool or over its target
+    samples, the folds of a validation set that judge ``max_remove="auto"``,
+    and the selectors' baselines all take their folds from here. One integer
+    per sample instead of ``cv`` pairs of index arrays (``cv × n`` int64): a
+    fold's indices are rebuilt from it when the fold runs.
+
+    Parameters
+    ----------
+    y : ndarray of int of shape (n,)
+        Labels ``0..n_classes-1``.
+    cv : int
+        Number of folds asked for.
+    n_classes : int
+        Number of classes.
+    target : ndarray of bool of shape (n,), optional
+        Split only these samples; the others are never held out.
+    random_state : int, RandomState instance or None, default=None
+        Shuffles the folds.
+    adapt : bool, default=False
+        What to do when a class present among the split samples has fewer
+        than ``cv`` of them. ``False``: raise, naming the class. ``True``:
+        stratified folds of that class's size when it has at least 2
+        samples, otherwise plain shuffled folds (not stratified), never
+        more folds than samples. Small target sets (2-3 samples per class)
+        are then cross-fitted instead of refused.
+
+    Returns
+    -------
+    fold_of : ndarray of int8 (int32 beyond 127 folds) of shape (n,)
+    n_folds : int
+        The number of folds made (``cv`` unless ``adapt`` lowered it).
     """
     n = len(y)
     where = "" if target is None else "target "
     idx = None if target is None else np.flatnonzero(target)
     y_in = y if idx is None else y[idx]
-    counts = np.bincount(y_in, minlength=k)
-    short = [c for c in range(k) if 0 < counts[c] < cv]
-    if short:
+    counts = np.bincount(y_in, minlength=n_classes)
+    present = counts[counts > 0]
+    short = [c for c in range(n_classes) if 0 < counts[c] < cv]
+    splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
+    if short and not adapt:
         c = min(short, key=lambda c: counts[c])
         total = "" if target is None else f" (of {int((y == c).sum())} in all)"
         raise ValueError(
@@ -123,18 +154,54 @@ def _folds(y, cv, k, target, random_state):
             + (f", and {len(short) - 1} more class(es) are short" if len(short) > 1 else "")
             + "."
         )
-    skf = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
-    fold_of = np.full(n, -1, dtype=np.int8 if cv < 128 else np.int32)
+    if short:
+        smallest = int(present.min())
+        if smallest >= 2:
+            splitter = StratifiedKFold(n_splits=smallest, shuffle=True,
+                                       random_state=random_state)
+        else:
+            splitter = KFold(n_splits=int(min(cv, len(y_in))), shuffle=True,
+                             random_state=random_state)
+    n_folds = splitter.get_n_splits()
+    if n_folds < 2:
+        raise ValueError(f"{len(y_in)} {where}sample(s) cannot be split into folds; "
+                         "cross-fitting needs at least 2.")
+    fold_of = np.full(n, -1, dtype=np.int8 if n_folds < 128 else np.int32)
     # np.zeros is only a length here (calloc'd pages that are never touched)
-    for f, (_, va) in enumerate(skf.split(np.zeros(len(y_in)), y_in)):
+    for f, (_, va) in enumerate(splitter.split(np.zeros(len(y_in)), y_in)):
         fold_of[va if idx is None else idx[va]] = f
-    return fold_of
+    return fold_of, n_folds
+
+
+def order_without_each_fold(fold_scores):
+    """Per fold, each sample's mean score over the *other* folds, in place.
+
+    ``fold_scores`` (n_folds, n) holds each fold's scores of the samples it
+    was trained on and NaN for the samples it held out; on return row ``f``
+    is the score of every sample computed without fold ``f`` -- the order in
+    which ``max_remove="auto"`` removes candidates when judging on fold
+    ``f``. A sample held out in fold ``f`` gets its mean over the folds that
+    trained on it; one trained on in no other fold (two folds) its overall
+    score.
+    """
+    with np.errstate(invalid="ignore"):
+        total = np.nansum(fold_scores, 0)
+        count = np.isfinite(fold_scores).sum(0)
+    overall = total / np.maximum(count, 1)
+    for f, row in enumerate(fold_scores):
+        trained = np.isfinite(row)
+        rest = count - trained
+        out = np.where(rest > 0, (total - np.where(trained, row, 0.0)) / np.maximum(rest, 1),
+                       overall)
+        fold_scores[f] = out
+    return fold_scores
 
 
 def cross_fit_head_influence(F, y, *, n_classes, cv=5, alpha, val_trim="auto",
                              damping="auto", hessian="exact", solver="auto",
                              random_state=None, verbose=0, device="cpu", tol=1e-10,
-                             target=None, chunk_size="auto", self_influence=False):
+                             target=None, chunk_size="auto", self_influence=False,
+                             adapt_folds=False, return_order=False):
     """Cross-fitted head influence of every sample (features computed once).
 
     For each of ``cv`` stratified folds the head is fitted exactly on the
@@ -206,6 +273,15 @@ def cross_fit_head_influence(F, y, *, n_classes, cv=5, alpha, val_trim="auto",
         norm ``(1/n_fold) ‖∇L_i‖²``. When ``k (d+1)`` exceeds 20,500 no
         factor is built and the gradient norm is returned with a warning.
         With ``solver="cg"`` it is an error.
+    adapt_folds : bool, default=False
+        When a class has fewer than ``cv`` samples to split: ``False`` raises,
+        ``True`` makes fewer (or unstratified) folds (see :func:`make_folds`);
+        ``len(result.damping)`` is the number of folds made.
+    return_order : bool, default=False
+        Also return ``order_scores`` (``(n_folds, n)``: every sample's score
+        computed without each fold, see :func:`order_without_each_fold`),
+        what ``max_remove="auto"`` orders candidates by; ``n_folds × n``
+        float64 values more.
 
     Returns
     -------
@@ -241,10 +317,12 @@ def cross_fit_head_influence(F, y, *, n_classes, cv=5, alpha, val_trim="auto",
                 "gradient norm instead.", UserWarning, stacklevel=2)
         else:
             si_kind = "exact"
-    fold_of = _folds(y, cv, k, target, random_state)
+    fold_of, cv = make_folds(y, cv, n_classes=k, target=target,
+                             random_state=random_state, adapt=adapt_folds)
     # Outputs and the sums behind them: the only arrays of length n besides
     # the features' own chunks (a sample's fold count is known, not counted).
     score_sum = np.zeros(n)
+    fold_scores = np.full((cv, n), np.nan) if return_order else None
     oof_proba = np.zeros((n, k))
     oof_self = np.full(n, np.nan)
     # One probability buffer for every fold: fold f uses its first
@@ -287,6 +365,8 @@ def cross_fit_head_influence(F, y, *, n_classes, cv=5, alpha, val_trim="auto",
         solvers.append(res.solver)
         oof_proba[va] = res.P_val.cpu().numpy()
         score_sum[tr] += res.scores
+        if fold_scores is not None:
+            fold_scores[f, tr] = res.scores
         if target is not None:
             # Non-target samples are never held out: their probabilities are
             # the in-sample mean over the fold heads.
@@ -326,6 +406,7 @@ def cross_fit_head_influence(F, y, *, n_classes, cv=5, alpha, val_trim="auto",
         val_weights_per_fold=weights, damping=dampings, residual=residuals,
         solver=solvers[0] if len(set(solvers)) == 1 else "/".join(sorted(set(solvers))),
         seconds=seconds, target=target, passes=passes,
+        order_scores=None if fold_scores is None else order_without_each_fold(fold_scores),
     )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..utils import check_X, resolve_device, torch_generator
-from . import _deep_solvers
+from . import _deep_solvers, _options
 from ._deep_solvers import (
     SOLVERS,
     CGSolver,
@@ -42,12 +42,17 @@ _SUFFIX_BATCH_BYTES = 32 << 20
 
 
 def _val_weights(val_weights, m):
+    """Validation weights as an ``(m, q)`` array whose columns sum to one."""
     if val_weights is None:
-        return np.full(m, 1.0 / m)
+        return np.full((m, 1), 1.0 / m)
     w = np.asarray(val_weights, dtype=np.float64)
-    if w.shape != (m,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError("val_weights must be finite, >= 0, not all zero, one per X_val row.")
-    return w / w.sum()
+    if w.ndim == 1:
+        w = w[:, None]
+    if (w.ndim != 2 or w.shape[0] != m or w.shape[1] < 1 or not np.isfinite(w).all()
+            or (w < 0).any() or (w.sum(0) <= 0).any()):
+        raise ValueError("val_weights must be finite, >= 0, not all zero, one per X_val "
+                         "row (shape (m,) or (m, q)).")
+    return w / w.sum(0)
 
 
 def _inputs(X, name, cut, prefix, net, batch_size, device, verbose):
@@ -65,23 +70,23 @@ def _inputs(X, name, cut, prefix, net, batch_size, device, verbose):
 
 
 def _make_solver(hessian, solver, operator, damping, opts, gen):
-    """The solver object for ``hessian`` / ``solver`` and its damping."""
+    """The solver object for ``hessian`` / ``solver`` and its damping.
+
+    ``opts`` is the solver's typed options (:mod:`._options`).
+    """
     if hessian == "identity":
         return IdentitySolver(operator, 0.0)
     if hessian == "ekfac":
         return EKFACSolver(operator, damping, generator=gen,
-                           n_label_samples=opts.pop("n_label_samples", 1),
-                           measure_residual=opts.pop("measure_residual", True))
-    pre = opts.pop("preconditioner", "auto") if solver == "cg" else None
-    if pre not in ("auto", "blocks", "ekfac", "nystrom", None):
-        raise ValueError("preconditioner must be 'auto', 'blocks', 'ekfac', 'nystrom' or "
-                         f"None, got {pre!r}.")
+                           n_label_samples=opts.n_label_samples,
+                           measure_residual=opts.measure_residual)
+    pre = opts.preconditioner if solver == "cg" else None
     auto = isinstance(damping, str) and damping == "auto"
     if pre == "auto":
         pre = "blocks" if auto else None
     ekfac = means = None
     if pre == "ekfac":
-        ekfac = EKFAC(operator, n_label_samples=opts.pop("n_label_samples", 1),
+        ekfac = EKFAC(operator, n_label_samples=opts.n_label_samples,
                       generator=gen).fit(verbose=operator.verbose)
     if auto or pre == "blocks":
         means = (ekfac.block_mean_eigenvalues() if ekfac is not None and hessian == "ggn"
@@ -97,27 +102,25 @@ def _make_solver(hessian, solver, operator, damping, opts, gen):
         # weights) otherwise set the condition number.
         pre = operator.model.per_block(means) + damping + operator.alpha
     elif pre == "nystrom":
-        pre = NystromPreconditioner(operator, damping, rank=opts.pop("rank", 32),
+        pre = NystromPreconditioner(operator, damping, rank=opts.rank,
                                     generator=gen).fit()
     else:
         pre = ekfac
     if solver == "cg":
-        return CGSolver(operator, damping, preconditioner=pre,
-                        tol=opts.pop("tol", 1e-3), max_iter=opts.pop("max_iter", 500),
-                        on_failure=opts.pop("on_failure", "warn"))
+        return CGSolver(operator, damping, preconditioner=pre, tol=opts.tol,
+                        max_iter=opts.max_iter, on_failure=opts.on_failure)
     if solver == "lissa":
-        return SOLVERS["lissa"](operator, damping, depth=opts.pop("depth", 1000),
-                                scale=opts.pop("scale", None),
-                                batch_size=opts.pop("lissa_batch_size", None),
-                                tol=opts.pop("tol", 1e-8), generator=gen)
-    return SOLVERS["arnoldi"](operator, damping, n_iter=opts.pop("n_iter", 100),
-                              rank=opts.pop("rank", 20), generator=gen)
+        return SOLVERS["lissa"](operator, damping, depth=opts.depth, scale=opts.scale,
+                                batch_size=opts.lissa_batch_size, tol=opts.tol,
+                                generator=gen)
+    return SOLVERS["arnoldi"](operator, damping, n_iter=opts.n_iter, rank=opts.rank,
+                              generator=gen)
 
 
 def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian="ggn",
                    solver="cg", damping="auto", alpha=0.0, val_weights=None,
                    chunk_size=64, batch_size=256, device="cpu", verbose=0,
-                   prefix="auto", **solver_options):
+                   prefix="auto", score_val=False, **solver_options):
     """Influence through the selected network parameters.
 
     ``scores[i] = (1/n) g_valᵀ (H + damping I)⁻¹ ∇L_i``, where ``H`` is the
@@ -171,8 +174,10 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
     alpha : float, default=0.0
         L2 strength of the objective above (``+ alpha`` on the Hessian's
         diagonal for every selected weight, not for biases).
-    val_weights : array-like of shape (m,), optional
-        ``g_val = Σ w_v ∇L_v / Σ w_v``.
+    val_weights : array-like of shape (m,) or (m, q), optional
+        ``g_val = Σ w_v ∇L_v / Σ w_v``. With ``q`` columns, ``q``
+        validation objectives share one solver set-up (damping estimate,
+        EK-FAC factors, preconditioner) and ``scores`` has shape ``(n, q)``.
     chunk_size : int, default=64
         Samples per chunk in the scoring pass (memory).
     batch_size : int, default=256
@@ -190,6 +195,11 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
         the network (found with ``torch.fx``), run the part before them once
         and everything else through the suffix. ``"auto"`` caches when
         possible, ``True`` raises when it is not, ``False`` never caches.
+    score_val : bool, default=False
+        Also apply the score to the validation rows (``info["val_scores"]``,
+        shaped like ``scores``): for a row outside the training set it is
+        the predicted *decrease* of the validation loss if the row were added
+        (higher = helps, as for the training rows).
     **solver_options
         CG: ``tol`` (1e-3, relative residual), ``max_iter`` (500),
         ``preconditioner`` (``"auto"``: ``"blocks"`` with ``damping="auto"``,
@@ -242,6 +252,8 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
         raise ValueError(f"solver must be 'cg', 'lissa' or 'arnoldi', got {solver!r}.")
     if prefix not in ("auto", True, False):
         raise ValueError(f"prefix must be 'auto', True or False, got {prefix!r}.")
+    # typed options: a misspelt one fails here, before any gradient
+    opts = _options.solver_options("deep", solver, solver_options, hessian=hessian)
     if not (isinstance(damping, str) and damping == "auto"):
         damping = float(damping)
         if not np.isfinite(damping) or damping < 0:
@@ -256,9 +268,9 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
     if len(X_train) != n or len(X_val) != m:
         raise ValueError(f"X_train/y_train have {len(X_train)}/{n} rows and X_val/y_val "
                          f"{len(X_val)}/{m}: inconsistent lengths.")
+    one_column = val_weights is None or np.ndim(val_weights) == 1
     w = _val_weights(val_weights, m)
-    opts = dict(solver_options)
-    gen = torch_generator(opts.pop("random_state", 0))
+    gen = torch_generator(opts.random_state)
     cached = isinstance(X_train, PrefixCache) or isinstance(X_val, PrefixCache)
     cut = find_cut(net, names) if (prefix is not False or cached) else None
     if prefix is True and cut is None:
@@ -290,23 +302,29 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
                 alpha=alpha, batch_size=batch_size, verbose=verbose)
             # --- gradients ---------------------------------------------------
             t = time.perf_counter()
-            g = operator.mean_gradient(val, w)
-            if not torch.isfinite(g).all():
+            gs = [operator.mean_gradient(val, w[:, j]) for j in range(w.shape[1])]
+            if not all(torch.isfinite(g).all() for g in gs):
                 raise FloatingPointError("The validation gradient is not finite.")
             seconds["gradients"] = time.perf_counter() - t
             # --- solve -------------------------------------------------------
             t = time.perf_counter()
             sol = _make_solver(hessian, solver, operator, damping, opts, gen)
-            if opts:
-                raise TypeError(f"Unexpected solver options {sorted(opts)} for "
-                                f"hessian={hessian!r}, solver={solver!r}.")
             seconds["setup"] = time.perf_counter() - t
             t = time.perf_counter()
-            s = sol.solve(g)
+            sols, residuals, iters = [], [], []
+            for g in gs:
+                sols.append(sol.solve(g))
+                residuals.append(float(sol.residual_))
+                iters.append(int(sol.n_iter_))
             seconds["solve"] = time.perf_counter() - t
             # --- scores ------------------------------------------------------
             t = time.perf_counter()
-            scores = operator.directional_derivatives(train, s, chunk_size) / n
+            scores = np.stack([operator.directional_derivatives(train, s_, chunk_size) / n
+                               for s_ in sols], 1)
+            if score_val:
+                info["val_scores"] = np.stack(
+                    [operator.directional_derivatives(val, s_, chunk_size) / n
+                     for s_ in sols], 1)
             seconds["scores"] = time.perf_counter() - t
             info.update(sol.info_)
             info["passes"] = operator.n_passes
@@ -322,11 +340,15 @@ def deep_influence(net, X_train, y_train, X_val, y_val, *, params="all", hessian
         raise FloatingPointError(
             "deep influence produced non-finite scores; increase damping or "
             "check the inputs.")
+    if one_column:
+        scores = scores[:, 0]
+        if score_val:
+            info["val_scores"] = info["val_scores"][:, 0]
     seconds["total"] = time.perf_counter() - t0
     if torch.is_tensor(sol.damping):
         info["damping_per_module"] = {
             k: float(sol.damping[idx[0]]) for k, idx in model.blocks().items()}
     return InfluenceResult(scores=scores, damping=sol.damping_value, solver=sol.name,
-                           hessian=hessian, residual=float(sol.residual_),
-                           n_iter=int(sol.n_iter_), seconds=seconds, params=names,
+                           hessian=hessian, residual=max(residuals),
+                           n_iter=max(iters), seconds=seconds, params=names,
                            info=info)

@@ -285,8 +285,9 @@ def _residuals(P, y):
 
 
 def _project_null(V):
-    # Remove the component along the softmax null space {1 ⊗ v}.
-    return V - V.mean(0, keepdim=True)
+    # Remove the component along the softmax null space {1 ⊗ v}: the class
+    # axis is the second to last, so a stack (q, k, dp) is projected per column.
+    return V - V.mean(-2, keepdim=True)
 
 
 def _proba(chunks, W, b, out=None):
@@ -328,7 +329,9 @@ def predict_proba_head(F, W, b, *, device="cpu", chunk_size="auto"):
     -------
     proba : ndarray of float64 of shape (n_samples, n_classes)
     """
-    chunks = FeatureChunks(as_feature_source(F, "F"), chunk_size=chunk_size, device=device)
+    F = as_feature_source(F, "F")
+    chunks = F if isinstance(F, FeatureChunks) else FeatureChunks(
+        F, chunk_size=chunk_size, device=device)
     with limit_threads():
         return _proba(chunks, W, b).cpu().numpy()
 
@@ -749,6 +752,16 @@ class _HeadSolve:
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         return _project_null(S)
 
+    def solve_many(self, G):
+        """Solve for a stack ``G`` of shape (q, k, dp): one factor, q columns."""
+        if self.solver != "cholesky":
+            return torch.stack([self.solve(g) for g in G])
+        q = G.shape[0]
+        S = torch.cholesky_solve(_project_null(G).reshape(q, -1).T, self.L).T
+        S = S.reshape(G.shape)
+        self.n_iter = 0
+        return S
+
     def residual(self, S, G):
         G = _project_null(G)
         R = self.hess.matvec(S) + self.damping * self.cols * S - G
@@ -766,39 +779,77 @@ class _HeadSolve:
             R_all = _residuals(P[sl], y[sl])
             for s in range(0, len(A_all), chunk):
                 A, Rc = A_all[s:s + chunk], R_all[s:s + chunk]
-                Gi = _project_null((Rc[:, :, None] * A[:, None, :]).transpose(0, 1))
+                Gi = _project_null(Rc[:, :, None] * A[:, None, :])
                 Zi = torch.linalg.solve_triangular(
-                    self.L, Gi.transpose(0, 1).reshape(len(A), -1).T, upper=False)
+                    self.L, Gi.reshape(len(A), -1).T, upper=False)
                 out[sl.start + s:sl.start + s + len(A)] = (Zi**2).sum(0)
         return out
 
 
 def _normalised_weights(val_weights, m, device):
+    """Validation weights as an ``(m, q)`` float64 tensor, each column summing to 1.
+
+    ``None`` is one uniform column; a 1-D array one column; a 2-D array of
+    shape ``(m, q)`` gives ``q`` weightings solved together (one factor).
+    """
     if val_weights is None:
-        return torch.full((m,), 1.0 / m, dtype=torch.float64, device=device)
+        return torch.full((m, 1), 1.0 / m, dtype=torch.float64, device=device)
     w = torch.as_tensor(np.asarray(val_weights, dtype=np.float64), device=device)
-    if w.shape != (m,):
-        raise ValueError(f"val_weights must have shape ({m},), got {tuple(w.shape)}.")
-    if not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
-        raise ValueError("val_weights must be finite, >= 0 and not all zero.")
-    return w / w.sum()
+    if w.ndim == 1:
+        w = w[:, None]
+    if w.ndim != 2 or w.shape[0] != m or w.shape[1] < 1:
+        raise ValueError(f"val_weights must have shape ({m},) or ({m}, q), got "
+                         f"{tuple(w.shape)}.")
+    total = w.sum(0)
+    if not torch.isfinite(w).all() or (w < 0).any() or bool((total <= 0).any()):
+        raise ValueError("val_weights must be finite, >= 0 and not all zero (in every "
+                         "column).")
+    return w / total
 
 
-def _val_gradient(design, P_val, y_val, w):
-    """``Σ_v w_v r_v a_vᵀ`` with the residuals formed chunk by chunk."""
-    acc, accb = design.accumulator(P_val.shape[1])
+def _val_gradients(design, P_val, y_val, w):
+    """``G[j] = Σ_v w_vj r_v a_vᵀ`` for every column ``j`` of ``w``: (q, k, dp).
+
+    The residuals are formed chunk by chunk; one product per chunk serves
+    every column.
+    """
+    k, q = P_val.shape[1], w.shape[1]
+    acc, accb = design.accumulator(q * k)
     for sl, X in design:
-        R = _residuals(P_val[sl], y_val[sl]).mul_(w[sl, None])
-        acc += R.T @ X
-        accb += R.sum(0)
-    return design.join(acc, accb)
+        R = _residuals(P_val[sl], y_val[sl])
+        Rw = (w[sl, :, None] * R[:, None, :]).reshape(len(R), q * k)
+        acc += Rw.T @ X
+        accb += Rw.sum(0)
+    G = design.join(acc, accb)
+    return G.reshape(q, k, G.shape[1])
+
+
+def _score_rows(design, P, y, S, n):
+    """``(1/n) r_iᵀ S_j a_i`` for every row ``i`` of ``design`` and column ``j``.
+
+    ``S`` has shape (q, k, dp) in the design's coordinates; returns an
+    ``(rows, q)`` float64 array, without ever forming a per-sample gradient.
+    """
+    q, k = S.shape[0], S.shape[1]
+    Sq, sb = design.split(S.reshape(q * k, -1))
+    out = np.empty((design.n, q))
+    dev = P.device
+    target = torch.from_numpy(out) if dev.type == "cpu" else torch.empty(
+        design.n, q, dtype=torch.float64, device=dev)
+    for sl, X in design:
+        R = _residuals(P[sl], y[sl])
+        T = (X @ Sq.T + sb).reshape(len(R), q, k)
+        target[sl] = (T * R[:, None, :]).sum(2) / n
+    if dev.type != "cpu":
+        out[:] = target.cpu().numpy()
+    return out
 
 
 @dataclass
 class _HeadScores:
-    """What :func:`_score_head` computed: the scores and what cross-fitting reuses."""
+    """What :func:`_score_head` computed: the scores and what callers reuse."""
 
-    scores: np.ndarray
+    scores: np.ndarray        # (n,) or (n, q) with 2-D validation weights
     W: torch.Tensor
     b: torch.Tensor
     P: torch.Tensor           # (n, k) training probabilities (a view of the work buffer)
@@ -808,6 +859,7 @@ class _HeadScores:
     coords: _Coords
     design_val: _Design
     solve: object             # _HeadSolve or None (identity Hessian)
+    S: torch.Tensor           # (q, k, dp) solutions in the design's coordinates
     damping: float
     solver: str
     residual: float
@@ -815,19 +867,32 @@ class _HeadScores:
     seconds: dict = field(default_factory=dict)
     passes: dict = field(default_factory=dict)
 
+    def score_val_rows(self):
+        """The same functional for the validation rows: ``(m,)`` or ``(m, q)``.
+
+        For a row that is not in the head's training set this is the
+        predicted *decrease* of the validation loss if it were added (the
+        sign convention of the training scores: higher = helps).
+        """
+        n = self.P.shape[0]
+        out = _score_rows(self.design_val, self.P_val, self.y_val, self.S, n)
+        return out[:, 0] if self.scores.ndim == 1 else out
+
 
 def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping="auto",
                 hessian="exact", solver="auto", val_weights=None, tol=1e-10,
                 need_factor=False, fit_tol=1e-10, max_iter=1000, init=None, verbose=0,
-                work=None):
+                work=None, cg_max_iter=None):
     """The head influence computation shared by every caller.
 
     ``tr`` and ``va`` are validated :class:`FeatureChunks`, ``y_tr``/``y_va``
     int64 label arrays. The head is fitted on ``tr`` when ``W`` is None
     (sharing the whitening with the solve), from ``init`` (a ``(W, b)`` warm
-    start) when given. ``val_weights`` may be a
-    callable ``proba_val -> weights`` (cross-fitting trims on the fold's own
-    probabilities). Returns a :class:`_HeadScores`.
+    start) when given. ``val_weights`` may be a callable ``proba_val ->
+    weights`` (cross-fitting trims on the fold's own probabilities), a
+    1-D array, or an ``(m, q)`` array of ``q`` weightings solved with one
+    factorisation (scores then have shape ``(n, q)``). Returns a
+    :class:`_HeadScores`.
 
     Memory: the only arrays that grow with ``n + m`` are the probabilities,
     held in ``work`` (an ``(n + m, k)`` float64 tensor, allocated when
@@ -866,10 +931,11 @@ def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping
         _proba(va, W, b, out=P_val)
         if callable(val_weights):
             val_weights = val_weights(P_val)
+        one = val_weights is None or np.ndim(val_weights) == 1
         Av = _Design(va, coords)
         yv = torch.as_tensor(y_va, device=dev)
-        G = _project_null(_val_gradient(Av, P_val, yv,
-                                        _normalised_weights(val_weights, m, dev)))
+        G = _project_null(_val_gradients(Av, P_val, yv,
+                                         _normalised_weights(val_weights, m, dev)))
         seconds["gradients"] = time.perf_counter() - t1
         passes["gradients"] = tr.passes - sum(passes.values())
         t2 = time.perf_counter()
@@ -879,24 +945,24 @@ def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping
         else:
             hs = _HeadSolve(_HeadHessian(A, P, coords.columns(alpha, 0.0)),
                             damping=damping, solver=solver, tol=tol, verbose=verbose,
-                            need_factor=need_factor,
+                            need_factor=need_factor, max_iter=cg_max_iter,
                             damping_columns=coords.columns(1.0, 1.0))
-            S = hs.solve(G)
-            lam, used, n_iter = hs.damping, hs.solver, hs.n_iter
-            resid = hs.residual(S, G)
+            if hs.solver == "cg":
+                sols, iters = [], []
+                for g in G:
+                    sols.append(hs.solve(g))
+                    iters.append(hs.n_iter)
+                S, n_iter = torch.stack(sols), max(iters)
+            else:
+                S, n_iter = hs.solve_many(G), 0
+            lam, used = hs.damping, hs.solver
+            resid = max(hs.residual(s, g) for s, g in zip(S, G, strict=True))
         seconds["solve"] = time.perf_counter() - t2
         passes["solve"] = tr.passes - sum(passes.values())
         t3 = time.perf_counter()
-        Sq, sb = A.split(S)
-        scores = np.empty(n)
-        out = torch.from_numpy(scores) if dev.type == "cpu" else torch.empty(
-            n, dtype=torch.float64, device=dev)
-        for sl, X in A:
-            R = _residuals(P[sl], yt[sl])
-            out[sl] = ((X @ Sq.T + sb) * R).sum(1) / n
-        if dev.type != "cpu":
-            scores[:] = out.cpu().numpy()
-        del out
+        scores = _score_rows(A, P, yt, S, n)
+        if one:
+            scores = scores[:, 0]
         seconds["scores"] = time.perf_counter() - t3
         passes["scores"] = tr.passes - sum(passes.values())
     if not np.isfinite(scores).all():
@@ -905,7 +971,7 @@ def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping
             "and increase alpha or damping.")
     return _HeadScores(
         scores=scores, W=_as_f64(W, dev), b=_as_f64(b, dev), P=P, P_val=P_val,
-        y_val=yv, val_weights=val_weights, coords=coords, design_val=Av, solve=hs,
+        y_val=yv, val_weights=val_weights, coords=coords, design_val=Av, solve=hs, S=S,
         damping=float(lam), solver=used, residual=float(resid), n_iter=int(n_iter),
         seconds=seconds, passes=passes)
 

@@ -36,6 +36,20 @@ class InfluenceResult:
         The fitted head (head path only), float64.
     info : dict
         Solver-specific extras (e.g. LiSSA scale, Arnoldi eigenvalues).
+    mode : str
+        Where the validation loss came from (:func:`influence_scores`):
+        ``"validation_set"``, ``"cross_fit"``, ``"target_cross_fit"`` or
+        ``"target_whole"``.
+    per_fold : list of dict
+        ``damping``, ``residual`` and ``n_iter`` of every fold (one entry
+        without cross-fitting).
+    oof_proba, oof_loss : ndarray or None
+        Out-of-fold head probabilities and losses (cross-fitted head path).
+    features, features_val : ndarray, numpy.memmap or None
+        The head features the scores were computed on (set by
+        :func:`influence_scores`).
+    eval_folds : EvalFolds or None
+        What ``max_remove="auto"`` judges a removal count on (when asked).
     """
 
     scores: np.ndarray
@@ -49,6 +63,70 @@ class InfluenceResult:
     W: np.ndarray = None
     b: np.ndarray = None
     info: dict = field(default_factory=dict)
+    mode: str = "validation_set"
+    per_fold: list = field(default_factory=list)
+    oof_proba: np.ndarray = None
+    oof_loss: np.ndarray = None
+    features: object = None
+    features_val: object = None
+    eval_folds: object = None
+
+
+@dataclass
+class EvalFolds:
+    """Held-out target folds on which a removal count is judged.
+
+    ``max_remove="auto"`` refits the head without the first ``c``
+    candidates for a grid of counts ``c`` and measures each fold's weighted
+    loss; the candidates are ordered by scores computed *without* the fold.
+
+    Attributes
+    ----------
+    fold_of : ndarray of int of shape (n_rows,)
+        The fold each row is held out in (``-1``: never). Rows are training
+        rows (``on="train"``) or validation rows (``on="val"``).
+    on : {"train", "val"}
+        ``"train"``: fold ``f`` evaluates on the training rows it holds out,
+        and the refitted head trains on every other training row.
+        ``"val"``: it evaluates on validation rows, and the head trains on
+        all training rows.
+    weights : list of ndarray
+        Per fold, the weights of its held-out rows (ascending row order).
+    order : ndarray of shape (n_folds, n_train)
+        Row ``f``: the score of every training sample computed without fold
+        ``f``.
+    """
+
+    fold_of: np.ndarray
+    on: str
+    weights: list
+    order: np.ndarray
+
+    @property
+    def n_folds(self):
+        """Number of folds."""
+        return len(self.weights)
+
+    def fold(self, f):
+        """The rows of fold ``f``.
+
+        Parameters
+        ----------
+        f : int
+            Fold number.
+
+        Returns
+        -------
+        train_idx : ndarray of int or None
+            Training rows the refitted head trains on (``None``: all of them,
+            with ``on="val"``).
+        eval_idx : ndarray of int
+            The held-out rows (training or validation rows, see ``on``).
+        """
+        held = np.flatnonzero(self.fold_of == f)
+        if self.on == "val":
+            return None, held
+        return np.flatnonzero(self.fold_of != f), held
 
 
 @dataclass
@@ -99,6 +177,10 @@ class CrossFitResult:
         Passes over each fold's training features by phase (``fit``,
         ``gradients``, ``solve``, ``scores``), summed over folds: the cost
         that dominates for features on disk.
+    order_scores : ndarray of shape (n_folds, n) or None
+        Row ``f``: every sample's score computed without fold ``f`` (the
+        order in which ``max_remove="auto"`` removes candidates when judging
+        on that fold); only when asked for.
     folds : list of (train_idx, val_idx)
         Sorted index arrays of each fold, built from ``fold_of`` when read
         (a property: the result itself keeps one small integer per sample,
@@ -118,6 +200,7 @@ class CrossFitResult:
     seconds: dict = field(default_factory=dict)
     target: np.ndarray = None
     passes: dict = field(default_factory=dict)
+    order_scores: np.ndarray = None
 
     @property
     def folds(self):
