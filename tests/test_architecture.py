@@ -18,7 +18,8 @@ FLOORS = [
     ("ground", ("skitl.utils", "skitl.datasets", "skitl.models")),
     ("plumbing", ("skitl._network",)),
     ("engine", ("skitl.influence",)),
-    ("estimators", ("skitl.selection", "skitl.classification", "skitl.metrics")),
+    ("estimators", ("skitl.selection", "skitl.classification", "skitl.metrics",
+                    "skitl.model_selection")),
     ("top", ("skitl._experiment", "skitl._demo", "skitl._cli", "skitl.__main__",
              "skitl")),
 ]

@@ -273,6 +273,12 @@ def _tiny_data():
     return X, y, X_val, y_val
 
 
+def _undersampler():
+    from imblearn.under_sampling import RandomUnderSampler
+
+    return RandomUnderSampler(random_state=0)
+
+
 # How to fit each public estimator on tiny tabular data: a list of
 # (constructor parameters, fit keyword arguments) per class name; several
 # entries reveal attributes that only some settings create. An estimator not
@@ -287,6 +293,8 @@ FIT_CASES = {
     "DomainClassifierSelector": [({"random_state": 0}, {"validation": True})],
     "ConfidentLearningSelector": [({"random_state": 0}, {})],
     "RandomSelector": [({"random_state": 0}, {})],
+    "TargetOnlySelector": [({}, {"sample_domain": True})],
+    "TargetAgnostic": [({"sampler": _undersampler()}, {"sample_domain": True})],
 }
 
 
@@ -320,6 +328,8 @@ def test_fitted_attributes_documented(path):
         est = cls(**params)
         if fit_kwargs.get("validation"):
             est.fit(Xf, y, X_val=X_valf, y_val=y_val)
+        elif fit_kwargs.get("sample_domain"):
+            est.fit(Xf, y, sample_domain=np.where(np.arange(len(y)) % 2 == 0, -1, 1))
         else:
             est.fit(Xf, y)
         fitted |= {k for k in vars(est) if k.endswith("_") and not k.startswith("_")}

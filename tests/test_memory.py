@@ -9,7 +9,8 @@ import torch.nn as nn
 from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
 
-import skitl.selection._scoring as scoring
+import skitl.influence._features as engine_features
+import skitl.selection._features as selection_features
 from skitl import InfluenceSampleSelector, TransferClassifier
 from skitl.selection import DomainClassifierSelector, LossSelector
 
@@ -22,15 +23,17 @@ def digits():
 
 @pytest.fixture
 def counter(monkeypatch):
-    """Counts the forward passes (feature computations) of the selectors."""
+    """Counts the scoring runs (forward pass and influence) of the selectors:
+    what the cache saves."""
     calls = []
-    original = scoring.compute_features
+    original = selection_features._run
 
-    def counting(*args, **kwargs):
+    # the same signature as the original: joblib's cache reads it
+    def counting(selector, plan, net, head_name, key, X, y, X_val, y_val, target):
         calls.append(1)
-        return original(*args, **kwargs)
+        return original(selector, plan, net, head_name, key, X, y, X_val, y_val, target)
 
-    monkeypatch.setattr(scoring, "compute_features", counting)
+    monkeypatch.setattr(selection_features, "_run", counting)
     return calls
 
 
@@ -128,14 +131,14 @@ def test_features_on_disk_give_the_same_scores_and_are_removed(digits, monkeypat
     X, y = digits
     est = TransferClassifier(mlp, random_state=0, device="cpu")
     seen = []
-    original = scoring.compute_features
+    original = engine_features.extract_features
 
     def spying(*args, **kwargs):
         F = original(*args, **kwargs)
         seen.append((type(F), getattr(F, "filename", None)))
         return F
 
-    monkeypatch.setattr(scoring, "compute_features", spying)
+    monkeypatch.setattr(engine_features, "extract_features", spying)
     in_memory = InfluenceSampleSelector(est, cv=3, random_state=0).fit(X, y)
     feature_dir = True if where == "temporary" else str(tmp_path / "features")
     on_disk = InfluenceSampleSelector(est, cv=3, random_state=0, feature_dir=feature_dir,

@@ -389,7 +389,7 @@ def test_classifier_interrupt_never_touches_user_objects(blobs, tmp_path):
 
 
 def test_classifier_interrupt_during_selection(blobs, monkeypatch):
-    import skitl.selection._influence as influence_mod
+    import skitl.influence._crossfit as influence_mod
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt("Ctrl-C in the engine")
@@ -469,10 +469,14 @@ def test_selector_fit_bad_input(name, X, y, exc, match):
 
 @pytest.mark.parametrize("name", ["influence", "loss", "confident_learning"])
 def test_selector_class_smaller_than_cv(name):
+    """A class with fewer samples than cv is cross-fitted with fewer (here
+    unstratified) folds, with a warning that says so, instead of refused."""
     sel = SELECTORS[name]()
-    with pytest.raises(ValueError, match=r"Class 1 has 1 samples, fewer than cv=3"):
+    with pytest.warns(UserWarning, match=r"Class 1 has 1 sample\(s\), fewer than "
+                                         r"cv=3: cross-fitting uses unstratified folds"):
         sel.fit(_X, _ONE_PER_CLASS)
-    _assert_not_fitted(sel)
+    assert np.isfinite(sel.scores_).all()
+    assert set(_ONE_PER_CLASS[sel.support_]) == {0, 1, 2}
 
 
 def test_influence_selector_small_class_fine_with_validation_set(blobs):
@@ -795,7 +799,7 @@ def test_selector_numerical_faults(kind, damping):
 
 def test_selector_never_returns_nan_scores(blobs, monkeypatch):
     """If the engine ever produced NaN, the selector refuses to pick."""
-    import skitl.selection._influence as influence_mod
+    import skitl.influence._crossfit as influence_mod
 
     real = influence_mod.cross_fit_head_influence
 
@@ -836,7 +840,7 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize(
     "name, target",
     [
-        ("influence", "skitl.selection._influence.cross_fit_head_influence"),
+        ("influence", "skitl.influence._crossfit.cross_fit_head_influence"),
         ("loss", "skitl.selection._loss.cross_fit_head_influence"),
     ],
 )

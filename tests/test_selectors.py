@@ -287,7 +287,8 @@ def test_deep_cross_fit_runs_the_prefix_once(digits, monkeypatch):
     import torch
     import torch.nn as nn
 
-    import skitl.selection._influence as influence
+    import skitl.influence._api as api
+    import skitl.influence._prefix as prefix
     from skitl import TransferClassifier
 
     X, y = digits
@@ -296,20 +297,19 @@ def test_deep_cross_fit_runs_the_prefix_once(digits, monkeypatch):
                         nn.Linear(16, 10))
     est = TransferClassifier(net, random_state=0, device="cpu")
     calls = []
-    original = influence.prefix_cache
+    original = prefix.prefix_cache
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(influence, "prefix_cache", counting)
+    monkeypatch.setattr(prefix, "prefix_cache", counting)
     params = dict(params=["4"], hessian="ggn", alpha=1e-2, cv=3, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cached = InfluenceSampleSelector(est, **params).fit(X, y).scores_
         assert len(calls) == 1
-        monkeypatch.setattr(InfluenceSampleSelector, "_prefix_once",
-                            lambda self, net, X: X)
+        monkeypatch.setattr(api._Job, "_prefix_once", lambda self, X: X)
         whole = InfluenceSampleSelector(est, **params).fit(X, y).scores_
     np.testing.assert_allclose(cached, whole, rtol=1e-6, atol=1e-12)
 

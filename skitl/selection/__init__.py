@@ -7,12 +7,14 @@ kept, and ``fit_resample`` returns the kept rows (imbalanced-learn's sampler
 protocol).
 """
 
+from ._agnostic import TargetAgnostic
 from ._base import BaseSelector, removal_mask
 from ._confident import ConfidentLearningSelector
 from ._domain import DomainClassifierSelector
 from ._influence import InfluenceSampleSelector
 from ._loss import LossSelector
 from ._random import RandomSelector
+from ._target_only import TargetOnlySelector
 
 __all__ = [
     "BaseSelector",
@@ -21,5 +23,7 @@ __all__ = [
     "InfluenceSampleSelector",
     "LossSelector",
     "RandomSelector",
+    "TargetAgnostic",
+    "TargetOnlySelector",
     "removal_mask",
 ]

@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Subset
 
 from ..utils import check_sample_domain, check_X, check_y, resolve_count, validate_X
+from ._plan import make_plan
 
 #: A class keeps at least this many samples whatever the scores say, so that
 #: stratified splits and early-stopping validation still see every class.
@@ -42,7 +43,7 @@ def _class_floor(count):
     return min(count, max(MIN_SAMPLES_PER_CLASS, int(np.ceil(MIN_CLASS_FRACTION * count))))
 
 
-def removal_mask(scores, y, *, candidates, max_remove=None):
+def removal_mask(scores, y, *, candidates, max_remove=None, class_floor=True):
     """Decide which samples to remove, most harmful first, within the guards.
 
     Parameters
@@ -56,6 +57,9 @@ def removal_mask(scores, y, *, candidates, max_remove=None):
     max_remove : int, optional
         Largest number of samples removed; the lowest-scored candidates go
         first.
+    class_floor : bool, default=True
+        Whether each class keeps its floor (below). ``False`` only for rules
+        that keep every class by construction (e.g. target-only training).
 
     Returns
     -------
@@ -78,7 +82,7 @@ def removal_mask(scores, y, *, candidates, max_remove=None):
     order = order[candidates[order]]
     classes, counts = np.unique(y, return_counts=True)
     left = dict(zip(classes.tolist(), counts.tolist(), strict=True))
-    floor = {c: _class_floor(k) for c, k in left.items()}
+    floor = {c: (_class_floor(k) if class_floor else 0) for c, k in left.items()}
     budget = n if max_remove is None else int(max_remove)
     remove = np.zeros(n, dtype=bool)
     protected = {}
@@ -99,10 +103,12 @@ class BaseSelector(BaseEstimator):
     """Base class of skitl selectors: scores, a removal rule, ``fit_resample``.
 
     Subclasses implement :meth:`_compute_scores` and may override
-    :meth:`_candidates` and :meth:`_removal_count`; everything else
-    (validation, the target set, the class guards, ``support_``,
-    ``fit_resample``) is shared. Subclasses extend
-    ``BaseSelector._parameter_constraints`` with their own parameters.
+    :meth:`_check_plan`, :meth:`_candidates` and :meth:`_removal_count`;
+    everything else (validation, the fit plan, the target set, the class
+    guards, ``support_``, ``fit_resample``) is shared. Subclasses extend
+    ``BaseSelector._parameter_constraints`` with their own parameters and
+    list in ``_scoring_params`` the ones that change their scores (the
+    allow-list the score cache is keyed by).
 
     Every selector takes the same target information in :meth:`fit`: a
     separate validation set ``X_val`` / ``y_val`` from the target
@@ -119,9 +125,29 @@ class BaseSelector(BaseEstimator):
         "remove_from": [StrOptions({"auxiliary", "all"})],
     }
 
+    #: Parameters that change the scores (not the removal rule, not plumbing).
+    _scoring_params = ()
+
+    #: Whether each class keeps its floor of samples whatever the rule says.
+    _class_floor = True
+
     @abstractmethod
-    def _compute_scores(self, X, y, X_val, y_val, is_target):
+    def _compute_scores(self, plan, X, y, X_val, y_val):
         """Return an array of one score per sample (higher = keep)."""
+
+    def _make_plan(self, y, y_val, target):
+        """The fit plan (:class:`~skitl.selection._plan.FitPlan`); subclasses add
+        derived settings and checks by overriding :meth:`_check_plan`."""
+        plan = make_plan(self, y, y_val, target, **self._derived_settings(y_val, target))
+        self._check_plan(plan, y, y_val)
+        return plan
+
+    def _derived_settings(self, y_val, target):
+        """Settings derived from the parameters that change the scores."""
+        return {}
+
+    def _check_plan(self, plan, y, y_val):
+        """Checks between parameters and the data, before any network is built."""
 
     def _candidates(self, scores):
         threshold = getattr(self, "threshold", None)
@@ -129,7 +155,7 @@ class BaseSelector(BaseEstimator):
             return np.ones(len(scores), dtype=bool)
         return scores < threshold
 
-    def _removal_count(self, scores, y, candidates):
+    def _removal_count(self, plan, scores, y, candidates):
         """The most samples the rule may remove (None: no cap)."""
         return resolve_count(getattr(self, "max_remove", None), len(y))
 
@@ -207,19 +233,19 @@ class BaseSelector(BaseEstimator):
                     f"y_val contains labels not present in y: {unseen.tolist()}."
                 )
             y_val = self._encoder.transform(y_val)
-        is_target = None
+        target = None
         if sample_domain is not None:
-            _, is_target = check_sample_domain(sample_domain, len(y_enc))
-        return X, y_enc, X_val, y_val, is_target
+            _, target = check_sample_domain(sample_domain, len(y_enc))
+        return X, y_enc, X_val, y_val, target
 
     def _fit_and_select(self, X, y, X_val, y_val, sample_domain):
         self._reset()
-        X, y_enc, X_val, y_val, is_target = self._validate_inputs(
+        X, y_enc, X_val, y_val, target = self._validate_inputs(
             X, y, X_val, y_val, sample_domain
         )
-        scores = np.asarray(
-            self._compute_scores(X, y_enc, X_val, y_val, is_target), dtype=np.float64
-        )
+        plan = self._make_plan(y_enc, y_val, target)
+        scores = np.asarray(self._compute_scores(plan, X, y_enc, X_val, y_val),
+                            dtype=np.float64)
         if scores.shape != (len(y_enc),):
             raise RuntimeError(
                 f"{type(self).__name__} produced {scores.shape} scores for "
@@ -232,11 +258,12 @@ class BaseSelector(BaseEstimator):
                 "the damping."
             )
         candidates = np.asarray(self._candidates(scores), dtype=bool)
-        if is_target is not None and self.remove_from == "auxiliary":
-            candidates &= ~is_target
-        max_remove = self._removal_count(scores, y_enc, candidates)
+        if target is not None and getattr(self, "remove_from", "auxiliary") == "auxiliary":
+            candidates &= ~target
+        max_remove = self._removal_count(plan, scores, y_enc, candidates)
         remove, protected = removal_mask(
-            scores, y_enc, candidates=candidates, max_remove=max_remove
+            scores, y_enc, candidates=candidates, max_remove=max_remove,
+            class_floor=self._class_floor,
         )
         if protected:
             names = {self.classes_.tolist()[c]: k for c, k in protected.items()}
@@ -339,34 +366,6 @@ def _sampler_tags(tags):
         setattr(out, name, getattr(tags, name))
     out.input_tags = inputs
     return out
-
-
-def check_cv_classes(y, cv, classes, *, where="", hint="lower cv"):
-    """Raise unless every class present in ``y`` has at least ``cv`` samples.
-
-    The one place that says so for every cross-fitting selector.
-
-    Parameters
-    ----------
-    y : ndarray of int
-        Encoded labels of the samples that are split into folds.
-    cv : int
-        Number of stratified folds.
-    classes : ndarray
-        Original labels, for the message.
-    where : str, default=""
-        Which samples (e.g. ``" among the target samples"``).
-    hint : str, default="lower cv"
-        How to fix it.
-    """
-    counts = np.bincount(y, minlength=len(classes))
-    present = np.flatnonzero(counts)
-    smallest = present[np.argmin(counts[present])]
-    if counts[smallest] < cv:
-        raise ValueError(
-            f"Class {classes.tolist()[smallest]!r} has {counts[smallest]} samples"
-            f"{where}, fewer than cv={cv} folds; {hint}."
-        )
 
 
 def _take(data, idx):

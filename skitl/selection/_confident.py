@@ -4,7 +4,8 @@ import numpy as np
 from sklearn.utils._param_validation import StrOptions
 
 from ._loss import LossSelector
-from ._scoring import FeatureSelector
+from ._plan import warn_small_folds
+from ._scoring import FeatureSelector, Scored
 
 
 class ConfidentLearningSelector(FeatureSelector):
@@ -87,6 +88,8 @@ class ConfidentLearningSelector(FeatureSelector):
         })],
     }
 
+    _scoring_params = ("alpha", "cv", "filter_by", "random_state")
+
     def __init__(
         self,
         estimator=None,
@@ -116,7 +119,12 @@ class ConfidentLearningSelector(FeatureSelector):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _score(self, net, head_name, X, y, X_val, y_val, is_target):
+    def _check_plan(self, plan, y, y_val):
+        super()._check_plan(plan, y, y_val)
+        if y_val is None:  # the pool is cross-fitted, target or not
+            warn_small_folds(y, self.cv, self.classes_)
+
+    def _score(self, plan, net, head_name, X, y, X_val, y_val):
         try:
             from cleanlab.filter import find_label_issues
         except ImportError as exc:
@@ -132,9 +140,9 @@ class ConfidentLearningSelector(FeatureSelector):
             dtype=bool,
         )
         scores = proba[np.arange(len(y)), y]
-        auto = self._auto_with_fixed_order(F, y, F_val, y_val, is_target, scores)
         info = {"label_issues_": issues, "oof_proba_": proba, "oof_loss_": loss}
-        return scores, info, auto
+        return Scored(scores, info, F, F_val, self._fixed_order_folds(plan, y, y_val,
+                                                                      scores))
 
     def _candidates(self, scores):
         return self.label_issues_

@@ -3,13 +3,14 @@
 import numbers
 
 import numpy as np
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import Interval
 
-from ._scoring import FeatureSelector
+from ._scoring import FeatureSelector, Scored
 
 
 class DomainClassifierSelector(FeatureSelector):
@@ -132,39 +133,42 @@ class DomainClassifierSelector(FeatureSelector):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _check_folds(self, y, y_val, is_target):
-        if y_val is None and is_target is None:
+    def _check_plan(self, plan, y, y_val):
+        target = plan.target
+        if y_val is None and target is None:
             raise ValueError(
                 "DomainClassifierSelector needs a target: pass X_val / y_val or "
                 "sample_domain (negative for target samples)."
             )
-        n_target = len(y_val) if y_val is not None else int(is_target.sum())
-        n_other = len(y) if y_val is not None else int((~is_target).sum())
+        n_target = len(y_val) if y_val is not None else int(target.sum())
+        n_other = len(y) if y_val is not None else int((~target).sum())
         if min(n_target, n_other) < self.cv:
             raise ValueError(
                 f"cv={self.cv} folds need at least {self.cv} target and {self.cv} "
                 f"other samples; got {n_target} target and {n_other} other."
             )
-        if isinstance(self.max_remove, str):
-            super()._check_folds(y, y_val, is_target)
+        super()._check_plan(plan, y, y_val)
 
-    def _score(self, net, head_name, X, y, X_val, y_val, is_target):
+    def _score(self, plan, net, head_name, X, y, X_val, y_val):
         F = self._features(net, head_name, X)
         F_val = None if X_val is None else self._features(net, head_name, X_val)
         if F_val is not None:
             Z = np.vstack([F, F_val])
             d = np.r_[np.zeros(len(F), dtype=int), np.ones(len(F_val), dtype=int)]
         else:
-            Z, d = F, is_target.astype(int)
+            Z, d = F, plan.target.astype(int)
         clf = make_pipeline(
             StandardScaler(),
             LogisticRegression(C=1.0 / (max(self.alpha, 1e-12) * len(Z)), max_iter=2000),
         )
         folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
-        proba = cross_val_predict(clf, Z, d, cv=folds, method="predict_proba")[:, 1]
-        proba = np.clip(proba[: len(F)], 1e-12, 1 - 1e-12)
+        # The decision function is the log odds itself: finite wherever the
+        # features are, also on a pool the classifier separates perfectly,
+        # where a (float32) probability rounds to exactly 0 or 1.
+        logit = cross_val_predict(clf, np.asarray(Z, dtype=np.float64), d, cv=folds,
+                                  method="decision_function")[: len(F)]
         prior = d.mean()
         # the odds of target against the rest, corrected for their sizes
-        scores = np.log(proba / (1 - proba)) - np.log(prior / (1 - prior))
-        auto = self._auto_with_fixed_order(F, y, F_val, y_val, is_target, scores)
-        return scores, {"target_proba_": proba}, auto
+        scores = logit - np.log(prior / (1 - prior))
+        return Scored(scores, {"target_proba_": expit(logit)}, F, F_val,
+                      self._fixed_order_folds(plan, y, y_val, scores))

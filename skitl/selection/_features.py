@@ -1,18 +1,17 @@
-"""Where the selectors get their features: the pretrained network, or X itself.
+"""Where the selectors get their features, and the score cache (``memory``).
 
-Also the two things every feature-based selector shares: the folds a
-cross-fitted score is computed on, and the score cache (``memory``).
+The features come from the pretrained network the selector's estimator
+builds (or are X itself without an estimator); the cache is keyed by the
+scoring half of the fit plan, the network's fingerprint and the data.
 """
 
 import hashlib
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils.validation import check_memory
 
-from .._network import replace_head
-from ..influence import extract_features
+from ..influence import _features as engine_features
 from ..utils import resolve_device
 
 
@@ -47,8 +46,7 @@ def compute_features(net, head_name, X, *, batch_size, device, verbose=0, out=No
     """Head features of ``X``: the input of the head under ``net``, or X itself.
 
     With no network, X is taken as the features (flattened), so a selector
-    without an estimator works on any numeric table, as multinomial logistic
-    regression influence.
+    without an estimator works on any numeric table.
 
     Parameters
     ----------
@@ -68,74 +66,9 @@ def compute_features(net, head_name, X, *, batch_size, device, verbose=0, out=No
                 "to score a Dataset through a network."
             )
         return X.reshape(len(X), -1)
-    return extract_features(
-        net,
-        X,
-        layer=head_name,
-        batch_size=batch_size,
-        device=resolve_device(device),
-        verbose=verbose,
-        out=out,
-    )
-
-
-def install_head(net, head_name, W, b):
-    """Put a fitted (W, b) head for the target classes into ``net`` (skitl's copy)."""
-    layer = replace_head(net, head_name, W.shape[0])
-    with torch.no_grad():
-        layer.weight.copy_(torch.as_tensor(W, dtype=layer.weight.dtype))
-        if layer.bias is not None:
-            layer.bias.copy_(torch.as_tensor(b, dtype=layer.bias.dtype))
-    return net
-
-
-def cross_fit_folds(y, cv, random_state, is_target=None):
-    """The ``(train_idx, val_idx)`` folds of cross-fitting.
-
-    Without ``is_target``: stratified folds over all samples. With it: the
-    folds run over the target samples only; each fold's training part is
-    everything else (all auxiliary samples and the other target folds).
-
-    Parameters
-    ----------
-    y : ndarray of int
-    cv : int
-    random_state : int, RandomState instance or None
-    is_target : ndarray of bool, optional
-
-    Returns
-    -------
-    folds : list of (ndarray, ndarray)
-    """
-    n = len(y)
-    pool = np.arange(n) if is_target is None else np.flatnonzero(is_target)
-    skf = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
-    folds = []
-    for _, va in skf.split(np.zeros(len(pool)), y[pool]):
-        val = pool[va]
-        train = np.setdiff1d(np.arange(n), val, assume_unique=True)
-        folds.append((train, val))
-    return folds
-
-
-def val_folds(y_val, cv, random_state):
-    """Folds over a user-given validation set (stratified when every class allows).
-
-    Returns
-    -------
-    folds : list of (ndarray, ndarray)
-        ``(rest_idx, fold_idx)`` into the validation set.
-    """
-    counts = np.bincount(y_val)
-    k = int(min(cv, len(y_val)))
-    if counts[counts > 0].min() >= k:
-        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=random_state)
-        return list(splitter.split(np.zeros(len(y_val)), y_val))
-    splitter = KFold(n_splits=k, shuffle=True, random_state=random_state)
-    return list(splitter.split(np.zeros(len(y_val))))
-
-
-# -- the score cache ----------------------------------------------------------
+    return engine_features.extract_features(
+        net, X, layer=head_name, batch_size=batch_size, device=resolve_device(device),
+        verbose=verbose, out=out)
 
 
 def network_fingerprint(net, head_name):
@@ -155,32 +88,23 @@ def network_fingerprint(net, head_name):
     return h.hexdigest()
 
 
-def _run(selector, net, head_name, key, X, y, X_val, y_val, is_target):
-    # ``key`` (class, score parameters, network fingerprint) and the data are
-    # what joblib hashes; the selector and the network are covered by ``key``.
-    return selector._score(net, head_name, X, y, X_val, y_val, is_target)
+def _run(selector, plan, net, head_name, key, X, y, X_val, y_val, target):
+    # ``key`` (the plan's scoring half and the network's fingerprint) and the
+    # data are what joblib hashes; selector, plan and network are covered by it.
+    return selector._score(plan, net, head_name, X, y, X_val, y_val)
 
 
-#: Parameters that never change a selector's scores: the removal rule and the
-#: plumbing. Everything else is part of the cache key.
-NOT_IN_KEY = frozenset({
-    "threshold", "max_remove", "remove_from", "memory", "verbose", "batch_size",
-    "device", "estimator", "feature_dir",
-})
-
-
-def cached_scores(selector, net, head_name, X, y, X_val, y_val, is_target):
+def cached_scores(selector, plan, net, head_name, X, y, X_val, y_val):
     """Run ``selector._score`` through ``selector.memory`` (a joblib cache).
 
-    Keyed by the selector's class, every parameter that changes the scores,
-    the network's fingerprint, and the data (``X``, ``y``, ``X_val``,
-    ``y_val``, the target mask): not by the removal rule (``threshold``,
-    ``max_remove``, ``remove_from``), so a grid over the rule scores once.
+    Keyed by the scoring half of the plan (an allow-list of what changes the
+    scores, including whether the held-out folds of ``max_remove="auto"``
+    were computed), the network's fingerprint, and the data (``X``, ``y``,
+    ``X_val``, ``y_val``, the target mask): not by the removal rule, so a
+    grid over the rule scores once, and a cached result always carries what
+    every rule of that key needs.
     """
     memory = check_memory(selector.memory)
-    params = {
-        k: v for k, v in selector.get_params(deep=False).items() if k not in NOT_IN_KEY
-    }
-    key = (type(selector).__qualname__, params, network_fingerprint(net, head_name))
-    func = memory.cache(_run, ignore=["selector", "net", "head_name"])
-    return func(selector, net, head_name, key, X, y, X_val, y_val, is_target)
+    key = (plan.cache_key(), network_fingerprint(net, head_name))
+    func = memory.cache(_run, ignore=["selector", "plan", "net", "head_name"])
+    return func(selector, plan, net, head_name, key, X, y, X_val, y_val, plan.target)

@@ -1,26 +1,14 @@
 """InfluenceSampleSelector: drop the training samples influence finds harmful."""
 
 import numbers
-import time
 
-import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
-from torch.utils.data import Subset
 
-from ..influence import (
-    PrefixCache,
-    cross_fit_head_influence,
-    deep_influence,
-    fit_head,
-    head_influence,
-    predict_proba_head,
-    prefix_cache,
-    select_parameters,
-    trim_weights,
-)
-from ..utils import resolve_device
-from ._features import cross_fit_folds, install_head, val_folds
-from ._scoring import FeatureSelector, _check_target_classes, fold_evals
+from .._network import install_head
+from ..influence import fit_head, influence_scores
+from ..influence._options import solver_options as typed_options
+from ._plan import check_target_classes, warn_small_folds
+from ._scoring import FeatureSelector, Scored
 
 _HESSIANS = {"exact", "ggn", "identity", "ekfac"}
 _HEAD_SOLVERS = {"auto", "cholesky", "cg"}
@@ -43,10 +31,13 @@ class InfluenceSampleSelector(FeatureSelector):
     - ``fit(X, y, X_val=..., y_val=...)``: a target set (assumed clean);
       every training sample is scored against it.
     - ``fit(X, y, sample_domain=...)``: the target samples of the pool
-      (``sample_domain < 0``) are the validation set, cross-fitted: stratified
-      folds over the target samples, each fold is validation in turn; target
-      samples are scored out of fold, auxiliary samples against every fold.
-      Only auxiliary samples are removed unless ``remove_from="all"``. This is
+      (``sample_domain < 0``) are the validation set, either cross-fitted
+      (``target_validation="cross_fit"``: stratified folds over the target
+      samples, each fold is validation in turn; target samples are scored
+      out of fold, auxiliary samples against every fold) or whole
+      (``"whole"``: every target sample validates a head fitted on the
+      auxiliary samples). Only auxiliary samples are removed unless
+      ``remove_from="all"``. This is
       where instance-based transfer earns its keep: correctly labelled
       samples of another distribution that hurt the target.
     - neither: cross-fitting over the whole pool (``cv`` folds), the setting
@@ -89,7 +80,18 @@ class InfluenceSampleSelector(FeatureSelector):
         samples the fitted head misclassifies (their labels may be noisy) and
         keeps all of a user-given ``X_val`` (assumed clean); a float drops
         that fraction of highest-loss validation samples; ``0`` is the plain
-        mean loss (the paper's rule, which fails under label noise).
+        mean loss (the paper's rule, which fails under label noise). With
+        ``target_validation="whole"``, ``"auto"`` keeps every target sample
+        (like a given ``X_val``).
+    target_validation : {"cross_fit", "whole"}, default="cross_fit"
+        With ``sample_domain`` and no ``X_val``, how the target samples of the
+        pool validate. ``"cross_fit"``: stratified folds over the target
+        samples, each the validation set of a head fitted on everything else;
+        target samples are scored out of fold. ``"whole"``: a head fitted on
+        the auxiliary samples only, validated on every target sample (no
+        cross-fitting, so it works with one target sample per class); the
+        target samples' own scores are then the predicted decrease of the
+        target loss if each were added.
     threshold : float or None, default=0.0
         Samples with a score below it are removal candidates. ``None`` makes
         every sample in scope a candidate (all auxiliary samples with
@@ -109,6 +111,13 @@ class InfluenceSampleSelector(FeatureSelector):
         Inverse-Hessian solver. Head: ``"cholesky"`` (dense, float64) or
         ``"cg"``; ``"auto"`` picks by size. Deeper parameters: ``"cg"``
         (``"auto"``), ``"lissa"`` or ``"arnoldi"``.
+    solver_options : dict, default=None
+        Options of the solver that runs, e.g. ``{"tol": 1e-4, "max_iter":
+        1000}`` for CG or ``{"depth": 500}`` for LiSSA (the dataclasses of
+        :mod:`skitl.influence` list them: ``HeadOptions``, ``CGOptions``,
+        ``LiSSAOptions``, ``ArnoldiOptions``, ``EKFACOptions``). An unknown
+        or misspelt option raises, naming the valid ones, when ``fit``
+        starts.
     batch_size : int, default=256
         Batch size of the forward passes.
     memory : None, str or joblib.Memory, default=None
@@ -192,7 +201,12 @@ class InfluenceSampleSelector(FeatureSelector):
         "val_trim": [StrOptions({"auto"}), Interval(numbers.Real, 0, 1, closed="left")],
         "threshold": [None, Interval(numbers.Real, None, None, closed="both")],
         "solver": [StrOptions(_HEAD_SOLVERS | _DEEP_SOLVERS)],
+        "solver_options": [None, dict],
+        "target_validation": [StrOptions({"cross_fit", "whole"})],
     }
+
+    _scoring_params = ("params", "hessian", "alpha", "damping", "cv", "val_trim",
+                       "solver", "target_validation", "random_state")
 
     def __init__(
         self,
@@ -204,10 +218,12 @@ class InfluenceSampleSelector(FeatureSelector):
         damping="auto",
         cv=5,
         val_trim="auto",
+        target_validation="cross_fit",
         threshold=0.0,
         max_remove=None,
         remove_from="auxiliary",
         solver="auto",
+        solver_options=None,
         batch_size=256,
         memory=None,
         feature_dir=None,
@@ -222,10 +238,12 @@ class InfluenceSampleSelector(FeatureSelector):
         self.damping = damping
         self.cv = cv
         self.val_trim = val_trim
+        self.target_validation = target_validation
         self.threshold = threshold
         self.max_remove = max_remove
         self.remove_from = remove_from
         self.solver = solver
+        self.solver_options = solver_options
         self.batch_size = batch_size
         self.memory = memory
         self.feature_dir = feature_dir
@@ -233,10 +251,13 @@ class InfluenceSampleSelector(FeatureSelector):
         self.random_state = random_state
         self.verbose = verbose
 
-    # -- checks that relate parameters (constraints cover each one alone) ------
+    # -- the plan: every check between parameters, before any network --------
 
-    def _check_combination(self, net):
-        deep = self.params != "head"
+    def _deep(self):
+        return self.params != "head"
+
+    def _derived_settings(self, y_val, target):
+        deep = self._deep()
         if isinstance(self.params, (list, tuple)) and not (
             self.params and all(isinstance(p, str) for p in self.params)
         ):
@@ -244,7 +265,7 @@ class InfluenceSampleSelector(FeatureSelector):
                 "params must be 'head', 'all' or a non-empty list of parameter "
                 f"name patterns, got {self.params!r}."
             )
-        if deep and net is None:
+        if deep and self.estimator is None:
             raise ValueError(
                 f"params={self.params!r} needs a network: pass "
                 "estimator=TransferClassifier(...)."
@@ -265,181 +286,82 @@ class InfluenceSampleSelector(FeatureSelector):
                     "alpha=0 with damping=0 leaves the head Hessian singular; use "
                     "alpha > 0 or damping='auto'."
                 )
-        else:
-            if self.solver not in _DEEP_SOLVERS:
-                raise ValueError(
-                    f"solver={self.solver!r} is for the head; deeper parameters take "
-                    f"{sorted(_DEEP_SOLVERS)}."
-                )
-            # a pattern that matches nothing fails here, before any forward pass
-            select_parameters(net, self.params)
+        elif self.solver not in _DEEP_SOLVERS:
+            raise ValueError(
+                f"solver={self.solver!r} is for the head; deeper parameters take "
+                f"{sorted(_DEEP_SOLVERS)}."
+            )
+        options = typed_options("deep" if deep else "head", self.solver,
+                                self.solver_options, hessian=self._engine_hessian())
+        # The held-out folds of max_remove="auto" come free with the head
+        # and with cross-fitting; a deep solve against a whole validation set
+        # pays one solve per fold for them, so only when asked for.
+        whole = y_val is not None or (target is not None
+                                      and self.target_validation == "whole")
+        eval_folds = (not deep or not whole or isinstance(self.max_remove, str))
+        return {"solver_options": tuple(sorted(vars(options).items())),
+                "eval_folds": eval_folds}
 
-    def _check_folds(self, y, y_val, is_target):
-        # with sample_domain the folds run over the target samples only
-        if y_val is None and is_target is not None:
-            _check_target_classes(y, is_target, self.cv, self.classes_)
-        else:
-            super()._check_folds(y, y_val, is_target)
+    def _engine_hessian(self):
+        if not self._deep():
+            return "identity" if self.hessian == "identity" else "exact"
+        return self.hessian
 
-    # -- scoring ----------------------------------------------------------------
+    def _check_plan(self, plan, y, y_val):
+        super()._check_plan(plan, y, y_val)
+        if plan.mode.startswith("target"):
+            check_target_classes(y, plan.target, self.classes_)
+        if plan.mode == "target_cross_fit":
+            warn_small_folds(y, self.cv, self.classes_, target=plan.target)
+        elif plan.mode == "cross_fit":
+            warn_small_folds(y, self.cv, self.classes_)
 
-    def _score(self, net, head_name, X, y, X_val, y_val, is_target):
-        self._check_combination(net)
-        t0 = time.perf_counter()
+    # -- scoring --------------------------------------------------------------
+
+    def _score(self, plan, net, head_name, X, y, X_val, y_val):
         k = len(self.classes_)
-        F = self._features(net, head_name, X)
-        F_val = None if X_val is None else self._features(net, head_name, X_val)
-        t_feat = time.perf_counter() - t0
-        W = b = None
-        if X_val is not None or net is not None:
-            W, b = fit_head(F, y, k, alpha=self.alpha)
-        auto_wanted = isinstance(self.max_remove, str)
-        per_fold, oof_proba, oof_loss = [], None, None
-        if X_val is not None:
-            mode = "validation_set"
-            w_val = self._trim(F_val, y_val, W, b, user_given=True)
-            res = self._solve(net, head_name, W, b, (X, F, y), (X_val, F_val, y_val), w_val)
-            scores, last = res.scores, res
-            folds = val_folds(y_val, self.cv, self.random_state) if auto_wanted else []
-            order, weights = [], []
-            for rest, fold in folds:
-                w = np.zeros_like(w_val)
-                w[rest] = w_val[rest]
-                order.append(self._solve(net, head_name, W, b, (X, F, y),
-                                         (X_val, F_val, y_val), w).scores)
-                weights.append(w_val[fold])
-            auto = (F, fold_evals(F, y, folds, order, weights, F_val, y_val)) \
-                if auto_wanted else None
-        else:
-            mode = "cross_fit" if is_target is None else "target_cross_fit"
-            folds = cross_fit_folds(y, self.cv, self.random_state, is_target)
-            if self.params == "head" and not auto_wanted:
-                res = cross_fit_head_influence(
-                    F, y, n_classes=k, cv=self.cv, alpha=self.alpha,
-                    val_trim=self.val_trim, damping=self.damping,
-                    hessian=self._head_hessian(), solver=self.solver,
-                    random_state=self.random_state, verbose=self.verbose,
-                    target=is_target,
-                )
-                scores, oof_proba, oof_loss = res.scores, res.oof_proba, res.oof_loss
-                per_fold = [
-                    {"damping": float(d), "residual": float(r), "n_iter": 0}
-                    for d, r in zip(res.damping, res.residual, strict=True)
-                ]
-                last = None
-                auto = None
-            else:
-                scores, fold_scores, weights, per_fold, last = self._cross_fit(
-                    net, head_name, X, F, y, folds)
-                auto = None
-                if auto_wanted:
-                    order = _scores_without_each_fold(fold_scores, folds, scores)
-                    auto = (F, fold_evals(F, y, folds, order, weights))
+        res = influence_scores(
+            net, X, y, X_val, y_val, target=plan.target if X_val is None else None,
+            target_validation=self.target_validation, params=self.params,
+            head=head_name, alpha=self.alpha, hessian=self._engine_hessian(),
+            damping=self.damping, val_trim=self.val_trim, cv=self.cv, adapt_folds=True,
+            refit_head=True,
+            solver=self.solver, solver_options=dict(plan.scoring["solver_options"]),
+            eval_folds=plan.scoring["eval_folds"], n_classes=k,
+            batch_size=self.batch_size, device=self._device(),
+            feature_dir=getattr(self, "_feature_path", None),
+            random_state=self.random_state, verbose=self.verbose)
         network = None
         if net is not None:
+            W, b = res.W, res.b
+            if W is None:  # cross-fitting: the head fitted on all of (X, y)
+                W, b = fit_head(res.features, y, k, alpha=self.alpha)
             network = install_head(net, head_name, W, b).eval()
+        cross = plan.mode in ("cross_fit", "target_cross_fit")
+        per_fold = res.per_fold if cross else []
         info = {
-            "influence_": self._info(mode, last, per_fold, head_name, oof_proba, oof_loss,
-                                     t_feat, time.perf_counter() - t0),
-            "network_": network,
-        }
-        return scores, info, auto
-
-    def _head_hessian(self):
-        return "identity" if self.hessian == "identity" else "exact"
-
-    def _trim(self, F_val, y_val, W, b, *, user_given):
-        proba = predict_proba_head(F_val, W, b)
-        loss = -np.log(np.clip(proba[np.arange(len(y_val)), y_val], 1e-300, None))
-        return trim_weights(loss, proba.argmax(1), y_val, self.val_trim,
-                            user_given=user_given)
-
-    def _solve(self, net, head_name, W, b, train, val, w_val):
-        """Influence of every training sample on one (weighted) validation set."""
-        X, F, y = train
-        X_val, F_val, y_val = val
-        if self.params == "head":
-            return head_influence(
-                F, y, F_val, y_val, n_classes=len(self.classes_), alpha=self.alpha,
-                damping=self.damping, val_weights=w_val, hessian=self._head_hessian(),
-                solver=self.solver, W=W, b=b,
-            )
-        install_head(net, head_name, W, b)
-        kw = {} if self.solver == "auto" else {"solver": self.solver}
-        return deep_influence(
-            net, X, y, X_val, y_val, params=self.params, hessian=self.hessian,
-            damping=self.damping, alpha=self.alpha, val_weights=w_val,
-            batch_size=self.batch_size, device=self.device, verbose=self.verbose, **kw,
-        )
-
-    def _cross_fit(self, net, head_name, X, F, y, folds):
-        """Cross-fitting fold by fold (deeper parameters, or ``max_remove='auto'``)."""
-        k = len(self.classes_)
-        total = np.zeros(len(y))
-        counts = np.zeros(len(y))
-        fold_scores, weights, per_fold = [], [], []
-        res = None
-        X = self._prefix_once(net, X)
-        for tr, va in folds:
-            W, b = fit_head(F[tr], y[tr], k, alpha=self.alpha)
-            w_val = self._trim(F[va], y[va], W, b, user_given=False)
-            res = self._solve(net, head_name, W, b, (_rows(X, tr), F[tr], y[tr]),
-                              (_rows(X, va), F[va], y[va]), w_val)
-            s = np.full(len(y), np.nan)
-            s[tr] = res.scores
-            fold_scores.append(s)
-            weights.append(w_val)
-            total[tr] += res.scores
-            counts[tr] += 1
-            per_fold.append({"damping": float(res.damping), "residual": float(res.residual),
-                             "n_iter": int(res.n_iter)})
-        return total / counts, fold_scores, weights, per_fold, res
-
-    def _prefix_once(self, net, X):
-        """Deeper parameters: run the frozen prefix once for every fold.
-
-        The folds differ in rows and in the fitted head, never in the layers
-        in front of the analysed parameters, so their activations are cached
-        (:func:`skitl.influence.prefix_cache`) and every fold reuses them.
-        Networks whose analysed parameters are not a suffix keep the raw rows.
-        """
-        if self.params == "head" or net is None:
-            return X
-        try:
-            return prefix_cache(net, X, params=self.params, batch_size=self.batch_size,
-                                device=resolve_device(self.device))
-        except ValueError:
-            return X
-
-    def _info(self, mode, res, per_fold, head_name, oof_proba, oof_loss, t_feat, t_total):
-        if res is not None and not per_fold:
-            per_fold_stats = [{"damping": float(res.damping),
-                               "residual": float(res.residual),
-                               "n_iter": int(res.n_iter)}]
-        else:
-            per_fold_stats = per_fold
-        if self.params == "head":
-            params = ([f"{head_name}.weight", f"{head_name}.bias"] if head_name
-                      else ["weight", "bias"])
-            hessian = self._head_hessian()
-        else:
-            params = list(res.params) if res is not None else []
-            hessian = self.hessian
-        solver = self.solver if res is None else res.solver
-        return {
-            "mode": mode,
-            "params": params,
-            "hessian": hessian,
-            "solver": solver,
-            "damping": max(f["damping"] for f in per_fold_stats),
-            "residual": max(f["residual"] for f in per_fold_stats),
-            "n_iter": max(f["n_iter"] for f in per_fold_stats),
+            "mode": plan.mode,
+            "params": list(res.params),
+            "hessian": self._engine_hessian(),
+            "solver": res.solver,
+            "damping": max(f["damping"] for f in res.per_fold),
+            "residual": max(f["residual"] for f in res.per_fold),
+            "n_iter": max(f["n_iter"] for f in res.per_fold),
             "n_folds": len(per_fold),
             "per_fold": per_fold,
-            "seconds": {"features": t_feat, "scores": t_total - t_feat, "total": t_total},
-            "oof_proba": oof_proba,
-            "oof_loss": oof_loss,
+            "seconds": {"features": res.seconds["features"],
+                        "scores": res.seconds["total"] - res.seconds["features"],
+                        "total": res.seconds["total"]},
+            "oof_proba": res.oof_proba,
+            "oof_loss": res.oof_loss,
         }
+        return Scored(res.scores, {"influence_": info, "network_": network},
+                      res.features, res.features_val, res.eval_folds)
+
+    def _device(self):
+        from ..utils import resolve_device
+
+        return resolve_device(self.device)
 
     def fit(self, X, y, X_val=None, y_val=None, *, sample_domain=None):
         """Score every sample of ``(X, y)`` against the target and decide which to keep.
@@ -459,7 +381,7 @@ class InfluenceSampleSelector(FeatureSelector):
         sample_domain : array-like of int of shape (n_samples,), default=None
             Domain of each training sample: negative = target, positive =
             auxiliary / source (skada's convention). Without ``X_val``, the
-            target samples are cross-fitted as the validation set.
+            target samples validate (see ``target_validation``).
 
         Returns
         -------
@@ -467,29 +389,3 @@ class InfluenceSampleSelector(FeatureSelector):
             The fitted selector.
         """
         return super().fit(X, y, X_val, y_val, sample_domain=sample_domain)
-
-
-def _rows(X, idx):
-    if isinstance(X, PrefixCache):
-        return X.rows(idx)
-    if isinstance(X, np.ndarray):
-        return X[idx]
-    return Subset(X, idx.tolist())
-
-
-def _scores_without_each_fold(fold_scores, folds, scores):
-    """Per fold, each sample's mean score over the *other* folds.
-
-    Falls back to the overall score where a sample was trained on in no other
-    fold (two folds).
-    """
-    stack = np.vstack(fold_scores)
-    out = []
-    for f in range(len(folds)):
-        others = np.delete(stack, f, axis=0)
-        with np.errstate(invalid="ignore"):
-            counts = np.isfinite(others).sum(0)
-            mean = np.where(counts > 0, np.nansum(others, 0) / np.maximum(counts, 1),
-                            scores)
-        out.append(mean)
-    return out

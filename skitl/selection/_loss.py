@@ -6,7 +6,8 @@ import numpy as np
 from sklearn.utils._param_validation import Interval
 
 from ..influence import cross_fit_head_influence, fit_head, predict_proba_head
-from ._scoring import FeatureSelector
+from ._plan import warn_small_folds
+from ._scoring import FeatureSelector, Scored
 
 
 def _loss(F, y, W, b):
@@ -135,14 +136,19 @@ class LossSelector(FeatureSelector):
         res = cross_fit_head_influence(
             F, y, n_classes=k, cv=self.cv, alpha=self.alpha, val_trim=0.0,
             hessian="identity", random_state=self.random_state, verbose=self.verbose,
+            adapt_folds=True,
         )
         return res.oof_proba, res.oof_loss
 
-    def _score(self, net, head_name, X, y, X_val, y_val, is_target):
+    def _check_plan(self, plan, y, y_val):
+        super()._check_plan(plan, y, y_val)
+        if y_val is None:  # the pool is cross-fitted, target or not
+            warn_small_folds(y, self.cv, self.classes_)
+
+    def _score(self, plan, net, head_name, X, y, X_val, y_val):
         F = self._features(net, head_name, X)
         F_val = None if X_val is None else self._features(net, head_name, X_val)
         proba, loss = self._probabilities(F, y, F_val, y_val)
         scores = -loss
-        auto = self._auto_with_fixed_order(F, y, F_val, y_val, is_target, scores)
-        info = {"oof_proba_": proba, "oof_loss_": loss}
-        return scores, info, auto
+        return Scored(scores, {"oof_proba_": proba, "oof_loss_": loss}, F, F_val,
+                      self._fixed_order_folds(plan, y, y_val, scores))

@@ -57,5 +57,5 @@ class RandomSelector(BaseSelector):
         self.remove_from = remove_from
         self.random_state = random_state
 
-    def _compute_scores(self, X, y, X_val, y_val, is_target):
+    def _compute_scores(self, plan, X, y, X_val, y_val):
         return check_random_state(self.random_state).uniform(size=len(y))

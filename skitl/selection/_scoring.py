@@ -1,11 +1,13 @@
 """Shared machinery of the selectors that score through a pretrained network.
 
 :class:`FeatureSelector` builds the network (by asking its ``estimator``),
-computes head features once, caches the scores with ``memory``, and resolves
-``max_remove="auto"`` from the target loss of refitted heads.
+runs the scoring step through the score cache (``memory``), and resolves
+``max_remove="auto"`` from the target loss of refitted heads on the held-out
+folds the scoring step returned.
 """
 
 import contextlib
+import dataclasses
 import numbers
 import os
 import tempfile
@@ -15,26 +17,43 @@ import torch
 from sklearn.base import clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
+from ..influence._crossfit import make_folds
+from ..influence._results import EvalFolds
 from ..utils import flush_denormal, resolve_count
 from ._amount import EvalFold, choose_removal_count
-from ._base import MAX_REMOVE, BaseSelector, check_cv_classes
-from ._features import (
-    cached_scores,
-    compute_features,
-    cross_fit_folds,
-    pretrained_network,
-    val_folds,
-)
+from ._base import MAX_REMOVE, BaseSelector
+from ._features import cached_scores, compute_features, pretrained_network
+from ._plan import check_target_classes, warn_small_folds
+
+
+@dataclasses.dataclass
+class Scored:
+    """What a selector's scoring step returns (and the score cache stores).
+
+    Attributes
+    ----------
+    scores : ndarray of shape (n,)
+        One score per training sample (higher = keep).
+    attrs : dict
+        Fitted attributes to set (``influence_``, ``network_``, ...).
+    F, F_val : array-like or None
+        Head features of the training and validation samples.
+    eval_folds : EvalFolds or None
+        Held-out target folds for ``max_remove="auto"``.
+    """
+
+    scores: np.ndarray
+    attrs: dict
+    F: object = None
+    F_val: object = None
+    eval_folds: EvalFolds = None
 
 
 class FeatureSelector(BaseSelector):
     """Base of the selectors that score head features of a pretrained network.
 
-    Subclasses implement ``_score(net, head_name, X, y, X_val, y_val,
-    is_target)`` returning ``(scores, info, auto)``: ``info`` becomes a
-    fitted attribute, ``auto`` is ``None`` or ``(F, folds)`` for
-    ``max_remove="auto"`` (the features of every training sample and the
-    :class:`~skitl.selection._amount.EvalFold` list).
+    Subclasses implement ``_score(plan, net, head_name, X, y, X_val, y_val)``
+    returning a :class:`Scored`.
     """
 
     _parameter_constraints = {
@@ -50,6 +69,8 @@ class FeatureSelector(BaseSelector):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
+
+    _scoring_params = ("alpha", "cv", "random_state")
 
     def _network(self):
         net, head_name = pretrained_network(self.estimator)
@@ -83,117 +104,95 @@ class FeatureSelector(BaseSelector):
             finally:
                 del self._feature_path
 
-    def _compute_scores(self, X, y, X_val, y_val, is_target):
-        self._check_folds(y, y_val, is_target)
+    def _check_plan(self, plan, y, y_val):
+        """Checks of the held-out folds that judge ``max_remove="auto"``.
+
+        Folds are made over ``X_val`` or over the target samples; a class
+        with fewer samples than ``cv`` gets fewer folds, with a warning,
+        instead of an error; a class without any target sample is an error
+        (the target cannot judge it). Subclasses add the checks of their
+        own scoring.
+        """
+        if not plan.auto:
+            return
+        what = "judging max_remove='auto'"
+        if y_val is not None:
+            warn_small_folds(y_val, self.cv, self.classes_, what=what)
+        elif plan.target is not None:
+            check_target_classes(y, plan.target, self.classes_)
+            warn_small_folds(y, self.cv, self.classes_, target=plan.target, what=what)
+        else:
+            warn_small_folds(y, self.cv, self.classes_, what=what)
+
+    def _compute_scores(self, plan, X, y, X_val, y_val):
         net, head_name = self._network()
         # subnormal activations of small pretrained CNNs slow the CPU ~20x
         with flush_denormal():
-            scores, info, auto = cached_scores(self, net, head_name, X, y, X_val, y_val,
-                                               is_target)
-        self._auto = auto
-        self._store(info)
-        return scores
-
-    def _store(self, info):
-        """Set the fitted attributes the scoring step reported."""
-        for name, value in info.items():
+            scored = cached_scores(self, plan, net, head_name, X, y, X_val, y_val)
+        self._scored = scored
+        for name, value in scored.attrs.items():
             setattr(self, name, value)
+        return scored.scores
 
-    def _check_folds(self, y, y_val, is_target):
-        """Every class to be split into ``cv`` folds has ``cv`` samples.
-
-        Here: the pool is cross-fitted when no ``X_val`` is given, and the
-        target samples are split to judge ``max_remove="auto"``.
-        """
-        if y_val is not None:
-            return
-        check_cv_classes(y, self.cv, self.classes_, hint="lower cv or pass X_val / y_val")
-        if is_target is not None and isinstance(self.max_remove, str):
-            _check_target_classes(y, is_target, self.cv, self.classes_)
-
-    def _auto_with_fixed_order(self, F, y, F_val, y_val, is_target, scores):
-        """``max_remove="auto"`` material for scores that do not depend on a fold.
+    def _fixed_order_folds(self, plan, y, y_val, scores):
+        """Held-out folds for scores that do not depend on a fold.
 
         The candidates are ordered by ``scores`` in every fold; the folds are
-        those of the validation set, the target samples or the pool.
+        those of the validation set, the target samples or the pool. Made
+        whatever the rule (they cost one small array), so that a cached
+        result serves ``max_remove="auto"`` too; ``None`` when the samples
+        cannot be split at all.
         """
-        if not isinstance(self.max_remove, str):
+        k = len(self.classes_)
+        try:
+            if plan.mode == "validation_set":
+                fold_of, n = make_folds(y_val, self.cv, n_classes=k,
+                                        random_state=self.random_state, adapt=True)
+                on = "val"
+            else:
+                fold_of, n = make_folds(y, self.cv, n_classes=k, target=plan.target,
+                                        random_state=self.random_state, adapt=True)
+                on = "train"
+        except ValueError:
             return None
-        if F_val is not None:
-            folds = val_folds(y_val, self.cv, self.random_state)
-            return F, fold_evals(F, y, folds, [scores] * len(folds), F_val=F_val,
-                                 y_val=y_val)
-        folds = cross_fit_folds(y, self.cv, self.random_state, is_target)
-        return F, fold_evals(F, y, folds, [scores] * len(folds))
+        return EvalFolds(fold_of=fold_of, on=on, weights=[None] * n,
+                         order=np.broadcast_to(scores, (n, len(scores))))
 
-    def _removal_count(self, scores, y, candidates):
-        if not (isinstance(self.max_remove, str) and self.max_remove == "auto"):
+    def _removal_count(self, plan, scores, y, candidates):
+        if not plan.auto:
             return resolve_count(self.max_remove, len(y))
-        if self._auto is None:
-            raise ValueError(
-                f"{type(self).__name__}(max_remove='auto') needs the target loss of "
-                "refitted heads, which this configuration does not provide."
-            )
-        F, folds = self._auto
+        scored = self._scored
+        ev = scored.eval_folds
+        folds = []
+        for f in range(ev.n_folds):
+            train, held = ev.fold(f)
+            if ev.on == "val":
+                F_eval, y_eval = scored.F_val[held], self._y_val[held]
+                train = np.arange(len(y))
+            else:
+                F_eval, y_eval = scored.F[held], y[held]
+            folds.append(EvalFold(train, np.asarray(F_eval), y_eval, ev.weights[f],
+                                  ev.order[f]))
         count, search = choose_removal_count(
-            F, y, len(self.classes_), candidates, folds, alpha=self.alpha
+            scored.F, y, len(self.classes_), candidates, folds, alpha=self._rule_alpha()
         )
         self.removal_search_ = search
         return count
 
-    def _fit_and_select(self, *args):
+    def _rule_alpha(self):
+        """The head's L2 strength when ``max_remove="auto"`` refits heads."""
+        return self.alpha
+
+    def _fit_and_select(self, X, y, X_val, y_val, sample_domain):
         try:
             with self._feature_store():
-                return super()._fit_and_select(*args)
+                return super()._fit_and_select(X, y, X_val, y_val, sample_domain)
         finally:
             # the cached features are needed during fit only
-            self._auto = None
+            self._scored = None
+            self._y_val = None
 
-
-def fold_evals(F, y, folds, order_scores, weights=None, F_val=None, y_val=None):
-    """:class:`EvalFold` objects for cross-fitted folds or validation folds.
-
-    Parameters
-    ----------
-    F : ndarray of shape (n, d)
-        Training features.
-    y : ndarray of int of shape (n,)
-    folds : list of (ndarray, ndarray)
-        ``(train_idx, eval_idx)``: into the training set, or, with ``F_val``,
-        ``(rest_idx, fold_idx)`` into the validation set (the head is then
-        fitted on all training samples).
-    order_scores : list of ndarray
-        Per fold, scores of every training sample computed without the fold.
-    weights : list of ndarray, optional
-        Per fold, weights of the held-out samples.
-    F_val, y_val : ndarray, optional
-        A user-given validation set.
-
-    Returns
-    -------
-    evals : list of EvalFold
-    """
-    out = []
-    every = np.arange(len(y))
-    for f, (a, b) in enumerate(folds):
-        w = None if weights is None else weights[f]
-        if F_val is None:
-            out.append(EvalFold(a, F[b], y[b], w, order_scores[f]))
-        else:
-            out.append(EvalFold(every, F_val[b], y_val[b], w, order_scores[f]))
-    return out
-
-
-def _check_target_classes(y, is_target, cv, classes):
-    # A class with no target sample has no target loss to judge its samples by:
-    # every auxiliary sample of it would look harmful.
-    missing = np.setdiff1d(np.unique(y), np.unique(y[is_target]))
-    if len(missing):
-        raise ValueError(
-            f"Class(es) {classes[missing].tolist()} have no target sample "
-            "(sample_domain < 0), so the target cannot judge their samples; mark "
-            "target samples of every class, or pass X_val, y_val covering them."
-        )
-    check_cv_classes(y[is_target], cv, classes,
-                     where=" among the target samples (sample_domain < 0)",
-                     hint="lower cv, or mark more target samples")
+    def _validate_inputs(self, X, y, X_val, y_val, sample_domain):
+        out = super()._validate_inputs(X, y, X_val, y_val, sample_domain)
+        self._y_val = out[3]
+        return out
