@@ -177,13 +177,20 @@ def test_bad_sample_domain(rotated, sample_domain, match):
     assert not hasattr(sel, "scores_")
 
 
-def test_target_part_too_small_for_cv(rotated):
+@pytest.mark.parametrize("per_class", [1, 2])
+def test_a_tiny_target_is_cross_fitted_with_fewer_folds(rotated, per_class):
+    """Two (or one) target samples per class: fewer (or unstratified) folds,
+    with a warning, instead of an error; every auxiliary sample is scored."""
     X, y, sd, _, _ = rotated
     few = sd.copy()
-    for c in np.unique(y):  # two target samples of each class left
-        few[np.flatnonzero((sd < 0) & (y == c))[2:]] = 1
-    with pytest.raises(ValueError, match=r"among the target samples .* fewer than cv=3"):
-        InfluenceSampleSelector(cv=3).fit(X, y, sample_domain=few)
+    for c in np.unique(y):
+        few[np.flatnonzero((sd < 0) & (y == c))[per_class:]] = 1
+    folds = "2 stratified folds" if per_class == 2 else "unstratified folds"
+    with pytest.warns(UserWarning, match=rf"target sample\(s\), fewer than cv=3: "
+                                         rf"cross-fitting uses {folds}"):
+        sel = InfluenceSampleSelector(cv=3, random_state=0).fit(X, y, sample_domain=few)
+    assert np.isfinite(sel.scores_).all()
+    assert sel.influence_["n_folds"] == (2 if per_class == 2 else 3)
 
 
 def test_class_without_target_samples(rotated):
@@ -280,3 +287,50 @@ def test_grid_search_routes_sample_domain_and_scores_the_target(rotated):
                              sample_domain=sd[sd < 0])
         mixed = scorer(search, X, y, sample_domain=sd)
         assert mixed == pytest.approx(target_only)
+
+
+# -- defects a search over selectors met -----------------------------------------
+
+
+def test_domain_scores_are_finite_on_a_pool_it_separates_perfectly():
+    """float32 features, a pool the domain classifier separates perfectly: the
+    probabilities round to exactly 0 or 1 and their log odds were infinite."""
+    rng = np.random.RandomState(0)
+    n_t, n_a = 60, 240
+    y = rng.randint(0, 3, n_t + n_a)
+    X = rng.randn(n_t + n_a, 512).astype(np.float32)
+    X[n_t:] += 30.0
+    sd = np.r_[np.full(n_t, -1), np.full(n_a, 1)]
+    sel = DomainClassifierSelector(random_state=0).fit(X, y, sample_domain=sd)
+    assert np.isfinite(sel.scores_).all()
+    assert (sel.scores_[:n_t].min() > sel.scores_[n_t:].max())
+    assert sel.n_removed_ > 0.8 * n_a
+    assert np.isfinite(sel.target_proba_).all()
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: InfluenceSampleSelector(cv=2, random_state=0, memory=m),
+    lambda m: LossSelector(cv=2, random_state=0, memory=m),
+    lambda m: DomainClassifierSelector(cv=2, random_state=0, memory=m),
+], ids=["influence", "loss", "domain"])
+def test_a_cached_result_serves_every_removal_rule(rotated, tmp_path, make):
+    """A search over the rule with memory: the candidates after the first read
+    the cache, and "auto" finds what it needs there (no NaN, no error)."""
+    X, y, sd, _, _ = rotated
+    grid = {"selector__max_remove": [None, "auto"],
+            "selector__threshold": [0.0, None],
+            "selector__remove_from": ["auxiliary", "all"]}
+    with sklearn.config_context(enable_metadata_routing=True):
+        clf = _clf(selector=make(str(tmp_path))).set_fit_request(sample_domain=True)
+        search = GridSearchCV(clf, grid, cv=StratifiedKFold(2, shuffle=True,
+                                                            random_state=0),
+                              scoring=make_target_scorer(), error_score="raise")
+        search.fit(X, y, sample_domain=sd)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    # the same fits without the cache: the same decisions
+    fresh = make(None).set_params(max_remove="auto", threshold=None)
+    cached = make(str(tmp_path)).set_params(max_remove="auto", threshold=None)
+    fresh.fit(X, y, sample_domain=sd)
+    cached.fit(X, y, sample_domain=sd)
+    np.testing.assert_array_equal(fresh.support_, cached.support_)
+    assert fresh.removal_search_["chosen"] == cached.removal_search_["chosen"]
