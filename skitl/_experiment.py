@@ -213,7 +213,7 @@ def run_selectors(names, estimator, X, y, *, is_corrupted=None, random_state=0,
     return results
 
 
-def finetune(estimator, X, y, keep, **params):
+def finetune(estimator, X, y, keep, *, sample_domain=None, **params):
     """Fine-tune a clone of ``estimator`` on the kept rows.
 
     Parameters
@@ -227,6 +227,10 @@ def finetune(estimator, X, y, keep, **params):
     keep : ndarray of bool or of int
         A mask of the rows to train on, or their indices (repeats allowed:
         a repeated row is weighted by its count).
+    sample_domain : ndarray of int, optional
+        Domains of the rows of ``X``; those of the kept rows are passed to
+        ``fit`` (for a classifier that balances target and auxiliary
+        samples).
     **params
         Set on the clone (``strategy``, ``max_epochs``, ...).
 
@@ -243,7 +247,9 @@ def finetune(estimator, X, y, keep, **params):
     idx = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
     clf = clone(estimator).set_params(**params)
     t0 = time.perf_counter()
-    clf.fit(_take(X, idx), np.asarray(y)[idx])
+    fit_params = {} if sample_domain is None else {
+        "sample_domain": np.asarray(sample_domain)[idx]}
+    clf.fit(_take(X, idx), np.asarray(y)[idx], **fit_params)
     return clf, time.perf_counter() - t0
 
 

@@ -239,6 +239,6 @@ def test_grid_search_routes_sample_domain(target, tmp_path):
     # the selector saw sample_domain (the target scorer would have failed without
     # it, and error_score="raise"): its validation set was the target samples
     selector = search.best_estimator_["clf"].selector_
-    assert selector.influence_["mode"] == "target_cross_fit"
+    assert selector.influence_["mode"] == "target_whole"
     text = (tmp_path / "target_grid_t.txt").read_text()
     assert "cv_results_" in text and "best_params_" in text

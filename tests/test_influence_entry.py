@@ -66,8 +66,8 @@ def test_modes_of_the_entry_point(digits):
     target = np.arange(len(y)) < 100
     val = influence_scores(None, F, y, Fv, yv, alpha=ALPHA)
     pool = influence_scores(None, F, y, alpha=ALPHA, cv=3, random_state=0)
-    cross = influence_scores(None, F, y, target=target, alpha=ALPHA, cv=3,
-                             random_state=0, adapt_folds=True)
+    cross = influence_scores(None, F, y, target=target, target_validation="cross_fit",
+                             alpha=ALPHA, cv=3, random_state=0, adapt_folds=True)
     whole = influence_scores(None, F, y, target=target, target_validation="whole",
                              alpha=ALPHA, eval_folds=True, cv=3, random_state=0)
     assert [r.mode for r in (val, pool, cross, whole)] == [

@@ -257,8 +257,9 @@ def test_influence_info_has_one_schema(digits):
         assert isinstance(info["per_fold"], list), name
         assert info["n_folds"] == len(info["per_fold"]), name
         assert info["params"], name
-    assert {"mode", "params", "hessian", "solver", "damping", "residual", "n_iter",
-            "n_folds", "per_fold", "seconds", "oof_proba", "oof_loss"} == keys
+    assert {"mode", "alpha", "alpha_rule", "params", "hessian", "solver", "damping",
+            "residual", "n_iter", "n_folds", "per_fold", "seconds", "oof_proba",
+            "oof_loss"} == keys
 
 
 def test_influence_info_names_the_real_head(digits):

@@ -66,16 +66,21 @@ def _auroc_aux(sel, sd):
 
 def test_target_aware_scores_find_the_harmful_auxiliary_samples(rotated):
     X, y, sd, Xv, yv = rotated
-    by_domain = InfluenceSampleSelector(alpha=1e-2, cv=3, random_state=0).fit(
+    by_domain = InfluenceSampleSelector(alpha=1e-2, cv=3, random_state=0,
+                                        target_validation="cross_fit").fit(
+        X, y, sample_domain=sd)
+    whole = InfluenceSampleSelector(alpha=1e-2, random_state=0).fit(
         X, y, sample_domain=sd)
     by_val = InfluenceSampleSelector(alpha=1e-2, random_state=0).fit(X, y, Xv, yv)
     pool = InfluenceSampleSelector(alpha=1e-2, cv=3, random_state=0).fit(X, y)
     assert _auroc_aux(by_domain, sd) > 0.8
+    assert _auroc_aux(whole, sd) > 0.8
     assert _auroc_aux(by_val, sd) > 0.8
     # cross-fitting on the pool judges samples by the pool's own distribution,
     # where the auxiliary majority looks normal: no better than chance
     assert _auroc_aux(pool, sd) < 0.65
     assert by_domain.influence_["mode"] == "target_cross_fit"
+    assert whole.influence_["mode"] == "target_whole"
     assert by_val.influence_["mode"] == "validation_set"
     assert pool.influence_["mode"] == "cross_fit"
 
@@ -188,9 +193,15 @@ def test_a_tiny_target_is_cross_fitted_with_fewer_folds(rotated, per_class):
     folds = "2 stratified folds" if per_class == 2 else "unstratified folds"
     with pytest.warns(UserWarning, match=rf"target sample\(s\), fewer than cv=3: "
                                          rf"cross-fitting uses {folds}"):
-        sel = InfluenceSampleSelector(cv=3, random_state=0).fit(X, y, sample_domain=few)
+        sel = InfluenceSampleSelector(cv=3, random_state=0,
+                                      target_validation="cross_fit").fit(
+            X, y, sample_domain=few)
     assert np.isfinite(sel.scores_).all()
     assert sel.influence_["n_folds"] == (2 if per_class == 2 else 3)
+    # the default validates on the whole target: no folds to make
+    whole = InfluenceSampleSelector(random_state=0).fit(X, y, sample_domain=few)
+    assert whole.influence_["mode"] == "target_whole" and whole.influence_["n_folds"] == 0
+    assert np.isfinite(whole.scores_).all()
 
 
 def test_class_without_target_samples(rotated):
@@ -277,7 +288,7 @@ def test_grid_search_routes_sample_domain_and_scores_the_target(rotated):
         )
         search.fit(X, y, sample_domain=sd)
         best = search.best_estimator_["clf"]
-        assert best.selector_.influence_["mode"] == "target_cross_fit"
+        assert best.selector_.influence_["mode"] == "target_whole"
         # the splitter split sample_domain with X: the refit saw all of it
         assert len(best.selector_.scores_) == len(y)
         assert best.selector_.support_[sd < 0].all()

@@ -23,6 +23,7 @@ from ._options import (
 )
 from ._params import select_parameters
 from ._prefix import PrefixCache, prefix_cache
+from ._prior import feature_scale
 from ._results import CrossFitResult, EvalFolds, InfluenceResult
 from ._solvers import arnoldi, arnoldi_solve, conjugate_gradient, lissa, power_iteration
 
@@ -45,6 +46,7 @@ __all__ = [
     "cross_fit_head_influence",
     "deep_influence",
     "extract_features",
+    "feature_scale",
     "fit_head",
     "head_influence",
     "influence_scores",

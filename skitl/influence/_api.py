@@ -40,8 +40,8 @@ def resolve_mode(has_val, target, target_validation):
 
 
 def influence_scores(net, X_train, y_train, X_val=None, y_val=None, *, target=None,
-                     target_validation="cross_fit", params="head", head=None,
-                     alpha=1e-3, hessian="exact", damping="auto", val_weights=None,
+                     target_validation="whole", params="head", head=None,
+                     alpha="scale", hessian="exact", damping="auto", val_weights=None,
                      val_trim="auto", cv=5, adapt_folds=False, refit_head=False,
                      solver="auto",
                      solver_options=None, eval_folds=False, n_classes=None,
@@ -96,7 +96,7 @@ def influence_scores(net, X_train, y_train, X_val=None, y_val=None, *, target=No
     target : array-like of bool of shape (n,), optional
         Without ``X_val``: which training samples are the target, which
         validates (see the modes above).
-    target_validation : {"cross_fit", "whole"}, default="cross_fit"
+    target_validation : {"cross_fit", "whole"}, default="whole"
         With ``target`` and without ``X_val``: cross-fit the target samples,
         or validate on all of them with a head fitted on the others.
     params : "head", "all" or list of str, default="head"
@@ -105,12 +105,17 @@ def influence_scores(net, X_train, y_train, X_val=None, y_val=None, *, target=No
         fnmatch globs as usual).
     head : str, optional
         Dotted name of the classification layer (found automatically).
-    alpha : float, default=1e-3
+    alpha : float, "scale" or "auto", default="scale"
         L2 strength of the objective ``(1/n) Σ L_i + (alpha/2) ‖θ_w‖²`` on
         both paths, where ``θ_w`` are the analysed weights: biases are not
         penalised. Head path: the objective of the head fit. Deep path:
         ``+ alpha`` on the Hessian's diagonal for every analysed weight, as
-        :func:`deep_influence` with the same ``alpha``.
+        :func:`deep_influence` with the same ``alpha``. ``"scale"``:
+        ``0.1`` times the mean variance of a head feature. ``"auto"``: the
+        multiple of that variance (1e-3 to 10) whose head has the lowest log
+        loss on held-out data -- the validation set, the target samples
+        (``target_validation="whole"``), or out of fold. The value used is in
+        ``info["alpha"]``.
     hessian : str, default="exact"
         Head: ``"exact"`` (``"ggn"`` is the same there) or ``"identity"``.
         Deep: ``"ggn"``, ``"exact"`` (exact Hessian-vector products; an
@@ -239,12 +244,15 @@ def influence_scores(net, X_train, y_train, X_val=None, y_val=None, *, target=No
                chunk_size=chunk_size, fit_tol=fit_tol, fit_max_iter=fit_max_iter,
                eval_folds=eval_folds, refit_head=refit_head)
     # the deep path analysing the network as it is needs no head features
-    need_features = not deep or refit_head or eval_folds or mode != "validation_set"
+    need_features = (not deep or refit_head or eval_folds or mode != "validation_set"
+                     or isinstance(alpha, str))
     F = _features(net, head_name, X_train, job, amp, feature_dir, "train") \
         if need_features else None
     F_val = _features(net, head_name, X_val, job, amp, feature_dir, "val") \
         if has_val and need_features else None
     t_feat = time.perf_counter() - t0
+    job.alpha, alpha_info = _resolve_alpha(alpha, mode, F, y_train, F_val, y_val, target,
+                                           job)
     if mode == "validation_set":
         res = job.validation_set(X_train, F, y_train, X_val, F_val, y_val, val_weights)
     elif mode == "target_whole":
@@ -252,6 +260,7 @@ def influence_scores(net, X_train, y_train, X_val=None, y_val=None, *, target=No
     else:
         res = job.cross_fit(X_train, F, y_train, target)
     res.mode = mode
+    res.info["alpha"] = alpha_info
     res.features, res.features_val = F, F_val
     res.seconds = {"features": t_feat, **res.seconds,
                    "total": time.perf_counter() - t0}
@@ -259,6 +268,27 @@ def influence_scores(net, X_train, y_train, X_val=None, y_val=None, *, target=No
         res.per_fold = [{"damping": float(res.damping), "residual": float(res.residual),
                          "n_iter": int(res.n_iter)}]
     return res
+
+
+def _resolve_alpha(alpha, mode, F, y, F_val, y_val, target, job):
+    """The numeric alpha of this run (see :mod:`._prior`)."""
+    from ._prior import resolve_alpha
+
+    if not isinstance(alpha, str):
+        return resolve_alpha(alpha, F=None, y=None, n_classes=job.k)
+    opts = dict(n_classes=job.k, device=job.device, chunk_size=job.chunk_size)
+    if mode == "validation_set":
+        return resolve_alpha(alpha, F=F, y=y, F_eval=F_val, y_eval=y_val, **opts)
+    if mode == "target_whole":
+        aux, tgt = np.flatnonzero(~target), np.flatnonzero(target)
+        return resolve_alpha(alpha, F=_take_rows(F, aux), y=y[aux],
+                             F_eval=_take_rows(F, tgt), y_eval=y[tgt], **opts)
+    from ._results import fold_indices
+
+    fold_of, n_folds = make_folds(y, job.cv, n_classes=job.k, target=target,
+                                  random_state=job.random_state, adapt=True)
+    folds = [fold_indices(fold_of, f) for f in range(n_folds)]
+    return resolve_alpha(alpha, F=F, y=y, folds=folds, **opts)
 
 
 def val_trim_is_plain(val_trim):

@@ -64,10 +64,16 @@ class InfluenceSampleSelector(FeatureSelector):
         ``"ggn"``), the Gauss-Newton matrix, identity (plain gradient
         similarity, TracIn with one checkpoint), or EK-FAC (deeper parameters
         only).
-    alpha : float, default=1e-3
+    alpha : float, "scale" or "auto", default="scale"
         L2 strength of the objective ``(1/n) sum L_i + alpha/2 ||W||^2``
         (the bias is not penalised), the same as scikit-learn's
-        ``LogisticRegression(C=1/(alpha n))`` on the head's features.
+        ``LogisticRegression(C=1/(alpha n))`` on the head's features. Its
+        effect depends on the scale of the features, so it can also be read
+        off them: ``"scale"`` is ``0.1`` times the mean variance of a head
+        feature; ``"auto"`` the multiple of that variance (1e-3 to 10) whose
+        head has the lowest log loss on held-out data (``X_val``, the
+        target samples, or out of fold). The value used is in
+        ``influence_["alpha"]``.
     damping : "auto" or float, default="auto"
         Added to the Hessian only where the solver needs it; the value used is
         reported in ``influence_["damping"]``.
@@ -83,15 +89,18 @@ class InfluenceSampleSelector(FeatureSelector):
         mean loss (the paper's rule, which fails under label noise). With
         ``target_validation="whole"``, ``"auto"`` keeps every target sample
         (like a given ``X_val``).
-    target_validation : {"cross_fit", "whole"}, default="cross_fit"
+    target_validation : {"whole", "cross_fit"}, default="whole"
         With ``sample_domain`` and no ``X_val``, how the target samples of the
-        pool validate. ``"cross_fit"``: stratified folds over the target
-        samples, each the validation set of a head fitted on everything else;
-        target samples are scored out of fold. ``"whole"``: a head fitted on
-        the auxiliary samples only, validated on every target sample (no
-        cross-fitting, so it works with one target sample per class); the
+        pool validate. ``"whole"``: a head fitted on the auxiliary samples
+        only, validated on every target sample (no cross-fitting, so it works
+        with one target sample per class; scored like a given ``X_val``); the
         target samples' own scores are then the predicted decrease of the
-        target loss if each were added.
+        target loss if each were added. ``"cross_fit"``: stratified folds over
+        the target samples, each the validation set of a head fitted on
+        everything else; target samples are scored out of fold. On the
+        benchmark pools the whole target ranked the harmful auxiliary samples
+        better (AUROC 0.94 against 0.83 on a pool whose auxiliary part both
+        helps and hurts, equal on corrupted CIFAR-10 images).
     threshold : float or None, default=0.0
         Samples with a score below it are removal candidates. ``None`` makes
         every sample in scope a candidate (all auxiliary samples with
@@ -162,8 +171,10 @@ class InfluenceSampleSelector(FeatureSelector):
         The analysed network with the head fitted on all of ``(X, y)``.
     influence_ : dict
         How the scores were computed, the same keys on every path:
-        ``mode`` (``"validation_set"``, ``"cross_fit"`` or
-        ``"target_cross_fit"``), ``params`` (names analysed), ``hessian``,
+        ``mode`` (``"validation_set"``, ``"cross_fit"``,
+        ``"target_cross_fit"`` or ``"target_whole"``), ``alpha`` (the value
+        used) and ``alpha_rule`` (``"fixed"``, ``"scale"`` or ``"auto"``),
+        ``params`` (names analysed), ``hessian``,
         ``solver``, ``damping`` (largest over folds), ``residual`` (largest
         relative residual of the solves), ``n_iter`` (largest solver
         iteration count), ``n_folds`` (0 with a validation set),
@@ -202,6 +213,8 @@ class InfluenceSampleSelector(FeatureSelector):
         "threshold": [None, Interval(numbers.Real, None, None, closed="both")],
         "solver": [StrOptions(_HEAD_SOLVERS | _DEEP_SOLVERS)],
         "solver_options": [None, dict],
+        "alpha": [StrOptions({"scale", "auto"}), Interval(numbers.Real, 0, None,
+                                                           closed="left")],
         "target_validation": [StrOptions({"cross_fit", "whole"})],
     }
 
@@ -214,11 +227,11 @@ class InfluenceSampleSelector(FeatureSelector):
         *,
         params="head",
         hessian="exact",
-        alpha=1e-3,
+        alpha="scale",
         damping="auto",
         cv=5,
         val_trim="auto",
-        target_validation="cross_fit",
+        target_validation="whole",
         threshold=0.0,
         max_remove=None,
         remove_from="auxiliary",
@@ -335,12 +348,14 @@ class InfluenceSampleSelector(FeatureSelector):
         if net is not None:
             W, b = res.W, res.b
             if W is None:  # cross-fitting: the head fitted on all of (X, y)
-                W, b = fit_head(res.features, y, k, alpha=self.alpha)
+                W, b = fit_head(res.features, y, k, alpha=res.info["alpha"]["value"])
             network = install_head(net, head_name, W, b).eval()
         cross = plan.mode in ("cross_fit", "target_cross_fit")
         per_fold = res.per_fold if cross else []
         info = {
             "mode": plan.mode,
+            "alpha": res.info["alpha"]["value"],
+            "alpha_rule": res.info["alpha"]["rule"],
             "params": list(res.params),
             "hessian": self._engine_hessian(),
             "solver": res.solver,
@@ -357,6 +372,10 @@ class InfluenceSampleSelector(FeatureSelector):
         }
         return Scored(res.scores, {"influence_": info, "network_": network},
                       res.features, res.features_val, res.eval_folds)
+
+    def _rule_alpha(self):
+        # max_remove="auto" refits heads with the alpha the scores used
+        return self.influence_["alpha"]
 
     def _device(self):
         from ..utils import resolve_device
