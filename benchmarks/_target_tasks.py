@@ -62,6 +62,13 @@ CONFIGS = {
         quick=dict(n_target=200, n_val=200, n_aux_plain=150, n_aux_corrupt=150,
                    n_test=500, steps=20, jtt_steps=10),
     ),
+    "aux_mix": dict(
+        **_SMALLCNN, n_source=2500, source_classes=5, pretrain_epochs=10,
+        settings=["3"], n_aux_good=3000, n_aux_shifted=1500, n_val=200, n_test=None,
+        steps=600, target_share=0.5, jtt_steps=200, jtt_lambda=5,
+        quick=dict(n_source=1500, pretrain_epochs=5, n_aux_good=900, n_aux_shifted=450,
+                   n_val=100, n_test=500, steps=150, jtt_steps=50),
+    ),
     "digits_rot": dict(
         **_SMALLCNN, n_target=100, n_aux=300, n_val=150, pretrain_epochs=60,
         steps=300, jtt_steps=100, jtt_lambda=5,
@@ -164,10 +171,11 @@ class Task:
         """The classifier template every row fine-tunes (no early stopping)."""
         module, weights = self.network()
         cfg = self.cfg
+        extra = {"target_share": cfg["target_share"]} if cfg.get("target_share") else {}
         return _harness.transfer_classifier(
             module, weights, cfg, transform=self.train_transform(),
             device=self.args.device, random_state=seed, early_stopping=False,
-            max_epochs=epochs_for(cfg["steps"], cfg["batch_size"], 1000))
+            max_epochs=epochs_for(cfg["steps"], cfg["batch_size"], 1000), **extra)
 
     def train_transform(self):
         return None
@@ -482,6 +490,120 @@ class CifarAuxTask(Task):
             X_val=X[val], y_val=y[val], X_test=X[test], y_test=y[test],
             harmful=harmful, oracle_keep=~harmful,
             target_keep=np.r_[np.ones(n_t, bool), np.zeros(n_p + n_c, bool)],
+        )
+
+
+def crop_to_digit_box(images, size=16, level=0.1):
+    """MNIST digits cropped to their box and scaled to fill the frame, as USPS's are.
+
+    MNIST centres each digit in a 20x20 box inside 28x28; USPS digits fill
+    their 16x16 frame. The box is the rows and columns with a pixel above
+    ``level`` times the image's maximum, padded to a square (aspect kept)
+    and resized (bilinear, antialiased).
+    """
+    from skitl.datasets._real import _resize
+
+    out = np.empty((len(images), 1, size, size), np.float32)
+    for i, im in enumerate(images[:, 0]):
+        on = im > level * im.max()
+        rows, cols = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
+        box = im[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        h, w = box.shape
+        side = max(h, w)
+        square = np.zeros((side, side), np.float32)
+        square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = box
+        out[i, 0] = _resize(square[None, None], size)[0, 0]
+    return out
+
+
+@register("aux_mix")
+class AuxMixTask(Task):
+    """A few USPS digits + MNIST framed like USPS: part helps, part hurts.
+
+    The auxiliary pool is MNIST cropped to the digit box (so it looks like
+    USPS to a domain classifier): most of it correctly labelled, which helps
+    (the network was pretrained on digits 0-4 only), a third with the label
+    shifted by one class, which hurts and looks exactly like the rest.
+    Every fine-tuning draws ``target_share`` of each batch from the target,
+    so that the small target does not drown.
+    """
+
+    rows = ("finetune_all", "target_only", "oracle", "influence_default",
+            "influence_default_auto", "influence_old", "influence_old_auto",
+            "influence_sd", "influence_sd_whole", "influence_val", "domain",
+            "loss_auto", "loss@count", "random@count", "cleanlab", "jtt", "search")
+
+    def _arrays(self):
+        if not hasattr(self, "_mnist"):
+            from skitl.datasets import load_mnist_usps
+            from skitl.datasets._real import load_mnist_test
+
+            X28, ym = load_mnist_test(self.args.data_dir)
+            X28 = X28.astype(np.float32) / (255.0 if X28.dtype == np.uint8 else 1.0)
+            d = load_mnist_usps(self.args.data_dir, n_source=None, n_target_train=None,
+                                random_state=0)
+            Xc = crop_to_digit_box(X28)
+            c = self.cfg
+            low = np.flatnonzero(ym < c["source_classes"])
+            (pick,) = _split(ym[low], [c["n_source"]], 0)
+            src = low[pick]
+            self._mnist = (Xc, ym, src, np.setdiff1d(np.arange(len(ym)), src))
+            self._usps = (d.X_train, d.y_train, d.X_test, d.y_test)
+        return self._mnist, self._usps
+
+    def network(self):
+        if not hasattr(self, "_net"):
+            from skitl.models import SmallCNN, pretrain_source_cnn
+
+            (Xc, ym, src, _), _ = self._arrays()
+            c = self.cfg
+            net, how = _harness.cached_network(
+                _harness.private_cache_dir(self.args.cache_dir),
+                f"target_mnistbox16_digits{c['source_classes']}_smallcnn_n{c['n_source']}"
+                f"_e{c['pretrain_epochs']}",
+                lambda: pretrain_source_cnn(Xc[src], ym[src], n_classes=10,
+                                            epochs=c["pretrain_epochs"], random_state=0),
+                lambda: SmallCNN(n_classes=10))
+            self.info["source"] = (
+                f"SmallCNN pretrained on {len(src)} MNIST images of digits 0-"
+                f"{c['source_classes'] - 1} cropped to their box (16x16), "
+                f"{c['pretrain_epochs']} epochs ({how})")
+            self._net = net
+        return self._net, None
+
+    def describe(self):
+        c = self.cfg
+        return (f"pool: <setting> USPS training images per class (target, sample_domain "
+                f"-1) + {c['n_aux_good']} MNIST images cropped to their digit box and "
+                f"correctly labelled (helpful) + {c['n_aux_shifted']} such images with "
+                "the label shifted by one class (harmful; +1), none of them seen in "
+                f"pretraining; X_val: {c['n_val']} other USPS training images; test: the "
+                "USPS test set" + ("" if c["n_test"] is None else f" ({c['n_test']})")
+                + f"; fine-tuning draws {c['target_share']:.0%} of every batch from the "
+                "target")
+
+    def data(self, setting, seed):
+        (Xc, ym, _, reservoir), (Xu, yu, Xt, yt) = self._arrays()
+        c = self.cfg
+        per_class = int(setting)
+        rng = np.random.RandomState(seed)
+        tgt = np.sort(np.concatenate([rng.choice(np.flatnonzero(yu == k), per_class,
+                                                 replace=False) for k in range(10)]))
+        rest = np.setdiff1d(np.arange(len(yu)), tgt)
+        (val,) = _split(yu[rest], [c["n_val"]], seed)
+        val = rest[val]
+        aux = rng.choice(reservoir, c["n_aux_good"] + c["n_aux_shifted"], replace=False)
+        good, bad = aux[:c["n_aux_good"]], aux[c["n_aux_good"]:]
+        n_t, n_g, n_b = len(tgt), len(good), len(bad)
+        harmful = np.r_[np.zeros(n_t + n_g, bool), np.ones(n_b, bool)]
+        if c["n_test"] is not None and c["n_test"] < len(yt):
+            (test,) = _split(yt, [c["n_test"]], 10_000 + seed)
+            Xt, yt = Xt[test], yt[test]
+        return _pool_bunch(
+            [Xu[tgt], Xc[good], Xc[bad]], [yu[tgt], ym[good], (ym[bad] + 1) % 10],
+            [-1, 1, 1], X_val=Xu[val], y_val=yu[val], X_test=Xt, y_test=yt,
+            harmful=harmful, oracle_keep=~harmful,
+            target_keep=np.r_[np.ones(n_t, bool), np.zeros(n_g + n_b, bool)],
         )
 
 
