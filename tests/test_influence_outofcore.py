@@ -326,3 +326,47 @@ def test_extract_features_to_disk(tmp_path, data):
     with pytest.raises(ValueError, match="NaN or infinite features"):
         extract_features(_Net(bad=True), F, layer="fc", out=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# -- the public path: a memmap or an h5py dataset through the selector ------------
+
+
+def test_selector_keeps_a_memmap_and_an_h5py_dataset_out_of_core(tmp_path, monkeypatch):
+    """Validation checks an on-disk table by chunks and hands it on as it is: the
+    engine reads the same memmap (no in-memory copy), with the scores of the
+    in-memory array."""
+    import skitl.influence._api as api
+    from skitl import InfluenceSampleSelector
+
+    F, y = _blobs(3000, 12, 4, seed=5)
+    Fv, yv = _blobs(400, 12, 4, seed=6)
+    M = _memmap(tmp_path, F.astype(np.float32))
+    seen = []
+    original = api._features
+
+    def spying(net, head_name, X, *args, **kwargs):
+        out = original(net, head_name, X, *args, **kwargs)
+        seen.append(type(out))
+        return out
+
+    monkeypatch.setattr(api, "_features", spying)
+    on_disk = InfluenceSampleSelector(random_state=0).fit(M, y, X_val=Fv, y_val=yv)
+    assert seen[0] is np.memmap
+    in_memory = InfluenceSampleSelector(random_state=0).fit(np.asarray(M), y, X_val=Fv,
+                                                            y_val=yv)
+    np.testing.assert_allclose(on_disk.scores_, in_memory.scores_, rtol=1e-8,
+                               atol=1e-14)
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "F.h5", "w") as fh:
+        fh.create_dataset("F", data=F.astype(np.float32))
+    with h5py.File(tmp_path / "F.h5", "r") as fh:
+        from_h5 = InfluenceSampleSelector(random_state=0).fit(fh["F"], y, X_val=Fv,
+                                                              y_val=yv)
+        assert seen[-2].__name__ == "Dataset"  # the training features, then X_val
+    np.testing.assert_allclose(from_h5.scores_, in_memory.scores_, rtol=1e-8, atol=1e-14)
+    bad = np.lib.format.open_memmap(tmp_path / "bad.npy", mode="w+", dtype=np.float32,
+                                    shape=F.shape)
+    bad[:] = F
+    bad[2000, 3] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        InfluenceSampleSelector().fit(bad, y, X_val=Fv, y_val=yv)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from ..utils import check_X, check_y
+from ..utils import check_X, check_y, is_out_of_core
 from . import _options
 from ._crossfit import make_folds, order_without_each_fold, trim_weights
 from ._results import EvalFolds
@@ -323,12 +323,13 @@ def _target_mask(target, n):
 def _features(net, head_name, X, job, amp, feature_dir, stem):
     """Head features of ``X``: the head's input under ``net``, or X itself."""
     if net is None:
-        if not isinstance(X, np.ndarray):
+        if not (isinstance(X, np.ndarray) or is_out_of_core(X)):
             raise TypeError(
                 "Without a network X is taken as the features: a selector without an "
                 f"estimator (it scores X itself) needs an array; got a {type(X).__name__}. "
                 "Pass a network (estimator=TransferClassifier(...)) to score a Dataset.")
-        return X.reshape(len(X), -1)
+        # an out-of-core table stays on disk: the head algebra reads it by chunks
+        return X if X.ndim == 2 else X.reshape(len(X), -1)
     from ._features import extract_features
 
     out = None

@@ -12,7 +12,7 @@ import torch
 from sklearn.utils.validation import check_memory
 
 from ..influence import _features as engine_features
-from ..utils import resolve_device
+from ..utils import is_out_of_core, resolve_device
 
 
 def pretrained_network(estimator):
@@ -59,13 +59,13 @@ def compute_features(net, head_name, X, *, batch_size, device, verbose=0, out=No
     F : ndarray or numpy.memmap of shape (n_samples, n_features)
     """
     if net is None:
-        if not isinstance(X, np.ndarray):
+        if not (isinstance(X, np.ndarray) or is_out_of_core(X)):
             raise TypeError(
                 "A selector without an estimator scores X as features and needs an "
                 f"array; got a {type(X).__name__}. Pass estimator=TransferClassifier(...) "
                 "to score a Dataset through a network."
             )
-        return X.reshape(len(X), -1)
+        return X if X.ndim == 2 else X.reshape(len(X), -1)
     return engine_features.extract_features(
         net, X, layer=head_name, batch_size=batch_size, device=resolve_device(device),
         verbose=verbose, out=out)

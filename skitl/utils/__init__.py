@@ -7,6 +7,7 @@ from ._validation import (
     check_X,
     check_y,
     is_dataset,
+    is_out_of_core,
     resolve_count,
     validate_X,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "check_y",
     "flush_denormal",
     "is_dataset",
+    "is_out_of_core",
     "limit_threads",
     "resolve_count",
     "resolve_device",

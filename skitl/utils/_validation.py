@@ -70,6 +70,57 @@ _ARRAY_CHECKS = dict(
     accept_sparse=False, allow_nd=True, dtype="numeric", ensure_all_finite=True,
 )
 
+#: Values read at a time when an out-of-core array is checked for NaN / inf.
+_CHECK_ELEMS = 1 << 20
+
+
+def is_out_of_core(X):
+    """Whether ``X`` is an array that lives on disk and must stay there.
+
+    A ``numpy.memmap``, or an array-like read by rows that is not an
+    in-memory array (an ``h5py`` / ``zarr`` dataset): validation reads it in
+    chunks instead of converting it, so that memory does not grow with its
+    size.
+
+    Parameters
+    ----------
+    X : object
+        Anything passed as ``X``.
+
+    Returns
+    -------
+    bool
+    """
+    if isinstance(X, np.memmap):
+        return True
+    if isinstance(X, (np.ndarray, torch.Tensor)) or hasattr(X, "iloc") or is_dataset(X):
+        return False
+    return (hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "__getitem__")
+            and hasattr(X, "__len__"))
+
+
+def _check_out_of_core(X, name, min_samples):
+    """scikit-learn's checks of a dense numeric array, chunk by chunk, without a copy."""
+    shape = tuple(X.shape)
+    if len(shape) < 2:
+        raise ValueError(f"Expected 2D array, got {len(shape)}D array instead: {name} "
+                         f"has shape {shape}.")
+    if shape[0] < min_samples:
+        raise ValueError(f"Found array with {shape[0]} sample(s) (shape={shape}) while a "
+                         f"minimum of {min_samples} is required.")
+    kind = np.dtype(X.dtype).kind
+    if kind not in "fiub":
+        raise ValueError(f"{name} must hold numbers, got dtype {X.dtype}.")
+    if kind == "f":
+        per_row = int(np.prod(shape[1:]))
+        step = max(1, _CHECK_ELEMS // max(per_row, 1))
+        for s in range(0, shape[0], step):
+            block = np.asarray(X[s:s + step])
+            if not np.isfinite(block).all():
+                what = "NaN" if np.isnan(block).any() else "infinity"
+                raise ValueError(f"Input {name} contains {what}.")
+    return X
+
 
 def check_X(X, *, name="X", allow_dataset=True, min_samples=1):
     """Validate network input and convert arrays to contiguous float32.
@@ -93,8 +144,10 @@ def check_X(X, *, name="X", allow_dataset=True, min_samples=1):
 
     Returns
     -------
-    X : ndarray of float32 or Dataset
-        C-contiguous float32 copy (or view) of the input, or the dataset.
+    X : ndarray of float32, out-of-core array or Dataset
+        C-contiguous float32 copy (or view) of the input, or the dataset. A
+        ``numpy.memmap`` or an ``h5py`` / ``zarr`` dataset is checked chunk
+        by chunk and returned as it is (see :func:`is_out_of_core`).
 
     Raises
     ------
@@ -108,6 +161,10 @@ def check_X(X, *, name="X", allow_dataset=True, min_samples=1):
         if not allow_dataset:
             raise TypeError(f"{name} must be an array here, got a {type(X).__name__}.")
         return _check_dataset(X, name, min_samples)
+    if is_out_of_core(X):
+        # checked chunk by chunk and returned as it is: rows are read (and
+        # converted) only when they are used, so memory does not grow with n
+        return _check_out_of_core(X, name, min_samples)
     X = check_array(
         _untorch(X), ensure_min_samples=min_samples, input_name=name, **_ARRAY_CHECKS
     )
@@ -146,6 +203,10 @@ def validate_X(estimator, X, *, reset, min_samples=1):
                 del estimator.feature_names_in_
             estimator.n_features_in_ = _dataset_n_features(X)
         return X
+    if is_out_of_core(X):
+        # the bookkeeping (n_features_in_) from one row, the checks by chunks
+        validate_data(estimator, np.asarray(X[:1]), reset=reset, **_ARRAY_CHECKS)
+        return _check_out_of_core(X, "X", min_samples)
     X = validate_data(
         estimator, _untorch(X), reset=reset, ensure_min_samples=min_samples,
         **_ARRAY_CHECKS,
