@@ -11,6 +11,7 @@ import numbers
 
 import numpy as np
 import torch
+from scipy.sparse import issparse
 from sklearn.utils import check_array, column_or_1d
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, validate_data
@@ -93,7 +94,8 @@ def is_out_of_core(X):
     """
     if isinstance(X, np.memmap):
         return True
-    if isinstance(X, (np.ndarray, torch.Tensor)) or hasattr(X, "iloc") or is_dataset(X):
+    if (isinstance(X, (np.ndarray, torch.Tensor)) or hasattr(X, "iloc") or is_dataset(X)
+            or issparse(X)):
         return False
     return (hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "__getitem__")
             and hasattr(X, "__len__"))
