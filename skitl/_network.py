@@ -198,7 +198,7 @@ def _unreadable(path, exc):
     )
 
 
-def load_weights(net, weights, *, head=None, strict=True):
+def load_weights(net, weights, *, head=None, strict=True, assign=False):
     """Load a state dict, checkpoint file or torchvision weights into ``net``.
 
     Parameters
@@ -217,6 +217,11 @@ def load_weights(net, weights, *, head=None, strict=True):
         anyway); they are then left at the network's own values.
     strict : bool, default=True
         Whether any other missing, unexpected or mis-shaped key is an error.
+    assign : bool, default=False
+        Assign the loaded tensors (cast to the network's dtypes) instead of
+        copying them into the network's own: for a network built on the meta
+        device, whose own tensors hold no data. Only for tensors nobody else
+        holds (read from a file).
 
     Returns
     -------
@@ -277,12 +282,41 @@ def load_weights(net, weights, *, head=None, strict=True):
         if k in target
         and (_is_uninitialized(target[k]) or tuple(v.shape) == tuple(target[k].shape))
     }
-    net.load_state_dict(to_load, strict=False)
+    if assign:
+        to_load = {k: v.to(dtype=target[k].dtype) for k, v in to_load.items()}
+    net.load_state_dict(to_load, strict=False, assign=assign)
     return [k for k in target if k not in to_load]
 
 
 def _is_uninitialized(tensor):
     return isinstance(tensor, nn.parameter.UninitializedTensorMixin)
+
+
+def _is_weight_file(weights):
+    return isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights)
+
+
+def _build_on_meta(module, weights, head, strict):
+    """Build ``module`` without initialising it, then assign the file's weights.
+
+    A random initialisation that the weights overwrite at once costs as much
+    as reading them (0.14 s of a ResNet-18); on the meta device it costs
+    nothing. When anything is left without data (a key the file lacks, a
+    buffer that is not saved, a lazy module), ``None``: the caller builds
+    the network for real.
+    """
+    try:
+        with torch.device("meta"):
+            net = _instantiate(module)
+    except Exception:  # a factory that cannot run on the meta device
+        return None
+    if any(_is_uninitialized(t) for t in net.parameters()):
+        return None
+    head_name = find_head(net, head)
+    load_weights(net, weights, head=head_name, strict=strict, assign=True)
+    if any(t.is_meta for t in [*net.parameters(), *net.buffers()]):
+        return None
+    return net, head_name
 
 
 def build_network(module, weights=None, *, head=None, strict=True):
@@ -335,6 +369,9 @@ def build_network(module, weights=None, *, head=None, strict=True):
             weights = None
     elif isinstance(module, nn.Module):
         net = copy.deepcopy(module)
+    elif callable(module) and weights_name is None and _is_weight_file(weights) and (
+            built := _build_on_meta(module, weights, head, strict)) is not None:
+        return built
     elif callable(module):
         if weights_name is not None and _accepts_weights_kwarg(module):
             net = _instantiate(module, weights_kwarg=weights_name)

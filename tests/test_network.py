@@ -287,3 +287,42 @@ def test_reinit_fallback_for_bare_parameters():
     reinit_parameters(net, ["token", "proj"], random_state=0)
     assert not torch.equal(net.token, torch.full((1, 4), 5.0))
     assert net.proj.abs().max() < 5.0
+
+
+def test_weights_from_a_file_skip_the_throwaway_initialisation(tmp_path):
+    """A class or factory with a weights file is built on the meta device and the
+    file's tensors assigned: the same network as building and loading, without a
+    random initialisation. Anything the file does not hold falls back to a real
+    build (a non-persistent buffer, a head left out of the file)."""
+    import torchvision
+
+    from skitl._network import build_network
+
+    ref = torchvision.models.resnet18()
+    path = tmp_path / "r18.pt"
+    torch.save(ref.state_dict(), path)
+    net, head = build_network(torchvision.models.resnet18, str(path))
+    assert head == "fc"
+    for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert a.device.type == "cpu" and torch.equal(a, b), k
+    assert all(p.requires_grad for p in net.parameters())
+
+    class WithBuffer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scale", torch.full((4,), 3.0), persistent=False)
+            self.body = nn.Linear(4, 4)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.body(x * self.scale))
+
+    src = WithBuffer()
+    torch.save(src.state_dict(), tmp_path / "b.pt")
+    built, _ = build_network(WithBuffer, str(tmp_path / "b.pt"))
+    assert torch.equal(built.scale, torch.full((4,), 3.0))
+    assert torch.equal(built.body.weight, src.body.weight)
+    no_head = {k: v for k, v in src.state_dict().items() if not k.startswith("fc.")}
+    torch.save(no_head, tmp_path / "nohead.pt")
+    built, _ = build_network(WithBuffer, str(tmp_path / "nohead.pt"))
+    assert not built.fc.weight.is_meta and torch.isfinite(built.fc.weight).all()
