@@ -18,7 +18,7 @@ import torch.nn as nn
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
+from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import (
     HasMethods,
     Interval,
@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping
 from skorch.hf import AccelerateMixin
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset, WeightedRandomSampler
 
 from .._network import (
     build_network,
@@ -93,22 +93,28 @@ class _TransferDataset(Dataset):
 
     ``indices`` selects a subset without copying; ``transform`` is applied to
     each sample (training only: the split below never gives it to the
-    validation part, and prediction builds a dataset without it).
+    validation part, and prediction builds a dataset without it). With
+    ``sample_weight`` (one float per row of ``X``), items are
+    ``(x, (y, w))``: the weight travels with its sample through shuffling
+    and sampling to :meth:`_TransferNet.get_loss`, and the module's input
+    stays the bare ``x``.
     """
 
-    def __init__(self, X, y=None, *, indices=None, transform=None):
+    def __init__(self, X, y=None, *, indices=None, transform=None, sample_weight=None):
         self.X = X
         self.y = y
         self.indices = indices
         self.transform = transform
+        self.sample_weight = sample_weight
 
     def __len__(self):
         return len(self.X) if self.indices is None else len(self.indices)
 
-    def view(self, indices, transform=None):
+    def view(self, indices, transform=None, *, weighted=True):
         base = np.arange(len(self.X)) if self.indices is None else self.indices
         return _TransferDataset(
-            self.X, self.y, indices=base[np.asarray(indices)], transform=transform
+            self.X, self.y, indices=base[np.asarray(indices)], transform=transform,
+            sample_weight=self.sample_weight if weighted else None,
         )
 
     def __getitem__(self, i):
@@ -117,8 +123,10 @@ class _TransferDataset(Dataset):
         x = _to_tensor(x if isinstance(self.X, np.ndarray) else _item_x(x))
         if self.transform is not None:
             x = self.transform(x)
-        y = 0 if self.y is None else self.y[j]
-        return x, torch.as_tensor(y, dtype=torch.long)
+        y = torch.as_tensor(0 if self.y is None else self.y[j], dtype=torch.long)
+        if self.sample_weight is None:
+            return x, y
+        return x, (y, torch.as_tensor(self.sample_weight[j], dtype=torch.float32))
 
 
 class _Split:
@@ -145,7 +153,8 @@ class _Split:
         mask[self.valid_indices] = False
         return (
             dataset.view(np.flatnonzero(mask), self.transform),
-            dataset.view(self.valid_indices),
+            # the early-stopping loss is unweighted
+            dataset.view(self.valid_indices, weighted=False),
         )
 
 
@@ -172,6 +181,19 @@ class _TransferNet(NeuralNetClassifier):
         for name, param in super().get_all_learnable_params():
             if param.requires_grad:
                 yield name, param
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        # Weighted fits build the criterion with reduction="none" and their
+        # training items carry (y, w); anything else reduces as usual.
+        weight = None
+        if isinstance(y_true, (tuple, list)):
+            y_true, weight = y_true
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if loss.dim() == 0:
+            return loss
+        if weight is not None and training:
+            loss = loss * weight.to(device=loss.device, dtype=loss.dtype)
+        return loss.mean()
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         # skorch's partial_fit swallows KeyboardInterrupt and returns a
@@ -309,6 +331,17 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         ``(d,)``) at training time only, e.g. torchvision's
         ``v2.RandomHorizontalFlip()``. Never applied for prediction or to the
         early-stopping validation part.
+    target_share : float in (0, 1), default=None
+        Keep a small target set from drowning in a large auxiliary pool:
+        training mini-batches are drawn with replacement (a torch
+        ``WeightedRandomSampler`` seeded from ``random_state``) so that target
+        samples (``sample_domain < 0``) make up ``target_share`` of the draws
+        in expectation and auxiliary samples the rest, uniformly within each
+        group; an epoch is still as many draws as there are training samples.
+        Needs ``sample_domain`` in :meth:`fit`, with target and auxiliary
+        samples left in the training part after selection (and after the
+        early-stopping hold-out). ``None`` shuffles the training set without
+        replacement, each sample once per epoch.
     accelerator : None, dict or accelerate.Accelerator, default=None
         Train through Hugging Face Accelerate (skorch's ``AccelerateMixin``)
         for mixed precision and multi-GPU data parallelism: a dict of
@@ -366,8 +399,15 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     ``clf.set_fit_request(sample_domain=True)``), so they pass through a
     ``Pipeline`` and ``GridSearchCV``, where ``sample_domain`` is split with
     ``X``; :func:`skitl.metrics.make_target_scorer` then scores a search on
-    the target samples only. No parameter or method is named ``transform``:
-    scikit-learn takes any estimator with that attribute for a transformer.
+    the target samples only. ``sample_weight`` is requested the same way
+    (``clf.set_fit_request(sample_weight=True)``). No parameter or method is
+    named ``transform``: scikit-learn takes any estimator with that attribute
+    for a transformer.
+
+    Weighting the target: ``sample_weight`` multiplies each sample's loss,
+    ``target_share`` fixes the fraction of target samples among the
+    mini-batch draws (with few target and many auxiliary samples, plain
+    shuffling lets the target drown); both may be combined.
 
     References
     ----------
@@ -405,6 +445,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
         "train_transform": [None, callable],
+        "target_share": [None, Interval(numbers.Real, 0, 1, closed="neither")],
         "accelerator": [None, dict, HasMethods(["prepare", "backward"])],
         "device": [str, torch.device],
         "random_state": ["random_state"],
@@ -431,6 +472,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction=0.1,
         n_iter_no_change=5,
         train_transform=None,
+        target_share=None,
         accelerator=None,
         device="auto",
         random_state=None,
@@ -453,6 +495,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.train_transform = train_transform
+        self.target_share = target_share
         self.accelerator = accelerator
         self.device = device
         self.random_state = random_state
@@ -677,7 +720,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     # -- public API -----------------------------------------------------------
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y=None, *, X_val=None, y_val=None, sample_domain=None):
+    def fit(self, X, y=None, *, X_val=None, y_val=None, sample_domain=None,
+            sample_weight=None):
         """Build the network, optionally prune the data, and train.
 
         A fit that fails or is interrupted (``KeyboardInterrupt``, also during
@@ -701,16 +745,39 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             Its labels (all of them classes of ``y``).
         sample_domain : array-like of int of shape (n_samples,), default=None
             Domain of each sample of ``X`` (negative: target, positive:
-            auxiliary / source), handed to the selector; ignored without one.
+            auxiliary / source), handed to the selector and used by
+            ``target_share``; ignored without either.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative, finite weights, not all zero, multiplying each
+            sample's training loss (scikit-learn's meaning). Only their ratios
+            matter: they are rescaled to mean 1 over the samples trained on,
+            so the mini-batch loss is the mean of ``w_i * L_i`` and the scale
+            of the weights does not change the step size; with full-batch
+            training the loss is ``sum(w_i * L_i) / sum(w_i)``, so an integer
+            weight equals repeating the sample. Samples of weight 0 are removed
+            before anything else (the selector, the early-stopping hold-out
+            and the batches never see them). The early-stopping validation
+            loss is unweighted. With a selector, the weights follow the kept
+            samples through its ``sample_indices_``. ``None``: all equal.
 
         Returns
         -------
         self : TransferClassifier
             The fitted classifier.
+
+        Raises
+        ------
+        ValueError
+            Invalid inputs; ``sample_weight`` of the wrong shape, negative,
+            NaN or infinite, all zero or zero on all classes but one;
+            ``target_share`` without ``sample_domain``, or a training part
+            without target or auxiliary samples; a selector without
+            ``sample_indices_`` where weights or domains must follow its
+            selection.
         """
         try:
             with flush_denormal():
-                return self._fit(X, y, X_val, y_val, sample_domain)
+                return self._fit(X, y, X_val, y_val, sample_domain, sample_weight)
         except BaseException:
             self._clear_fitted()
             raise
@@ -724,7 +791,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             ):
                 delattr(self, attr)
 
-    def _fit(self, X, y, X_val, y_val, sample_domain):
+    def _fit(self, X, y, X_val, y_val, sample_domain, sample_weight):
         self._check_strategy_params()
         X = self._check_X(X, reset=True)
         y = self._check_y(X, y)
@@ -735,6 +802,18 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                 "to train a classifier."
             )
         X_val, y_val, sample_domain = self._check_target_set(X, X_val, y_val, sample_domain)
+        if self.target_share is not None and sample_domain is None:
+            raise ValueError(
+                f"target_share={self.target_share} needs sample_domain in fit "
+                "(negative for the target samples, positive for the auxiliary "
+                "ones), but sample_domain is None."
+            )
+        sample_weight = _check_sample_weight(sample_weight, len(X), y_enc)
+        if sample_weight is not None and not sample_weight.all():
+            # weight 0 means absent: not selected, held out or drawn either
+            X, y, y_enc, sample_domain, sample_weight = _take_rows(
+                np.flatnonzero(sample_weight), X, y, y_enc, sample_domain, sample_weight
+            )
         rng = check_random_state(self.random_state)
         # what the selector's copy of this classifier draws its seeds from
         rng_at_start = copy.deepcopy(rng)
@@ -742,10 +821,18 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
         self.selector_ = None
         if self.selector is not None:
-            X, y_enc = self._select(
+            X, y_enc, kept = self._select(
                 X, y, rng_at_start, seeds[0],
                 dict(X_val=X_val, y_val=y_val, sample_domain=sample_domain),
             )
+            follow = {name: value for name, value in (
+                ("sample_weight", sample_weight),
+                ("sample_domain", sample_domain if self.target_share is not None else None),
+            ) if value is not None}
+            if follow:
+                kept = self._kept_indices(kept, len(X), len(y), follow)
+                sample_weight = None if sample_weight is None else sample_weight[kept]
+                sample_domain = None if sample_domain is None else sample_domain[kept]
 
         device = resolve_device(self.device)
         first = _TransferDataset(X, None)
@@ -756,7 +843,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self._head_name = head_name
 
         split = _Split(None, self.train_transform)
-        n_train = len(X)
+        train_idx = np.arange(len(X))
         callbacks = []
         if self.early_stopping:
             if X_val is not None:
@@ -766,7 +853,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             else:
                 valid_idx = self._validation_indices(y_enc, seeds[3])
                 split = _Split(valid_idx, self.train_transform)
-                n_train -= len(valid_idx)
+                train_idx = np.setdiff1d(train_idx, valid_idx)
             callbacks.append(
                 (
                     "early_stopping",
@@ -777,10 +864,28 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                     ),
                 )
             )
+        n_train = len(train_idx)
+        loss_weight = None
+        if sample_weight is not None:
+            # mean 1 over the training part: the weights' scale must not
+            # change the step size, only their ratios the loss
+            loss_weight = np.zeros(len(X), dtype=np.float32)
+            loss_weight[train_idx] = sample_weight[train_idx] / sample_weight[train_idx].mean()
+        generator = torch_generator(seeds[4])
+        iterator = {"iterator_train__shuffle": True}
+        if self.target_share is not None:
+            iterator = {
+                "iterator_train__shuffle": False,
+                "iterator_train__sampler": self._target_sampler(
+                    sample_domain[train_idx], generator
+                ),
+            }
         optimizer, opt_kwargs = self._make_optimizer_kwargs()
         if groups:
             opt_kwargs["optimizer__param_groups"] = groups
         net_cls, placement = self._net_class(device)
+        # per-sample losses, weighted and averaged in _TransferNet.get_loss
+        criterion = {} if loss_weight is None else {"criterion__reduction": "none"}
         self.net_ = net_cls(
             net,
             criterion=nn.CrossEntropyLoss,
@@ -791,18 +896,23 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             train_split=split,
             classes=list(range(len(self.classes_))),
             callbacks=callbacks,
-            iterator_train__shuffle=True,
-            iterator_train__generator=torch_generator(seeds[4]),
+            # a sampler shares the loader's generator, as torch's own
+            # shuffling does
+            iterator_train__generator=generator,
             # a last batch of one sample breaks BatchNorm in train mode
             iterator_train__drop_last=(
                 n_train > self.batch_size and n_train % self.batch_size == 1
             ),
             verbose=self.verbose,
             eval_modules=eval_modules,
+            **iterator,
+            **criterion,
             **placement,
             **opt_kwargs,
         )
-        dataset = _TransferDataset(X, np.asarray(y_enc, dtype=np.int64))
+        dataset = _TransferDataset(
+            X, np.asarray(y_enc, dtype=np.int64), sample_weight=loss_weight
+        )
         with seeded(seeds[4], device):
             self.net_.fit(dataset, y=None)
         if getattr(self.net_, "_interrupt", None) is not None:
@@ -813,6 +923,50 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             # where Accelerate put the network, so that an unpickled net knows
             self.net_.device = str(next(self.net_.module_.parameters()).device)
         return self
+
+    def _target_sampler(self, domain, generator):
+        """Draws with replacement, ``target_share`` of them target samples."""
+        is_target = domain < 0
+        n_target = int(is_target.sum())
+        n_aux = len(domain) - n_target
+        if n_target == 0 or n_aux == 0:
+            missing = "target (negative)" if n_target == 0 else "auxiliary (positive)"
+            raise ValueError(
+                f"target_share={self.target_share} needs target and auxiliary "
+                f"samples to train on, but the training part ({len(domain)} samples, "
+                "after removing zero weights, selection and the early-stopping "
+                f"hold-out) has no {missing} sample in sample_domain."
+            )
+        share = float(self.target_share)
+        p = np.where(is_target, share / n_target, (1.0 - share) / n_aux)
+        return WeightedRandomSampler(
+            torch.as_tensor(p, dtype=torch.float64), num_samples=len(domain),
+            replacement=True, generator=generator,
+        )
+
+    def _kept_indices(self, kept, n_kept, n_before, follow):
+        """The selector's ``sample_indices_``, checked against what it returned."""
+        name = type(self.selector_).__name__
+        what = " and ".join(follow)
+        if kept is None:
+            raise ValueError(
+                f"The selector {name} reports no sample_indices_ after fit_resample, "
+                f"so {what} cannot follow its selection; use a selector that sets "
+                "sample_indices_ (skitl selectors, imbalanced-learn under-samplers)."
+            )
+        kept = np.asarray(kept)
+        if (
+            kept.ndim != 1
+            or kept.dtype.kind not in "iu"
+            or len(kept) != n_kept
+            or (len(kept) and (kept.min() < 0 or kept.max() >= n_before))
+        ):
+            raise ValueError(
+                f"The selector {name} reports sample_indices_ that do not match the "
+                f"{n_kept} samples it returned (integers in [0, {n_before})), so "
+                f"{what} cannot follow its selection."
+            )
+        return kept
 
     def _net_class(self, device):
         """The skorch net class and how it places the network on a device."""
@@ -875,6 +1029,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         with seeded(seed):
             X_kept, y_kept = sel.fit_resample(X, y, **kwargs)
         self.selector_ = sel
+        kept = getattr(sel, "sample_indices_", None)
         X_kept = check_X(X_kept, name="X returned by the selector")
         y_kept = check_y(
             y_kept if not is_dataset(y_kept) else [_label(v) for v in y_kept],
@@ -886,7 +1041,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"The selector returned labels not in y: {np.unique(y_kept[unknown])}."
             )
-        return X_kept, np.searchsorted(self.classes_, y_kept)
+        return X_kept, np.searchsorted(self.classes_, y_kept), kept
 
     def _forward(self, X):
         """Probabilities, with a clear error when the input cannot pass."""
@@ -968,6 +1123,57 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "net_")
         y = self._check_y(X, y)
         return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))
+
+
+def _check_sample_weight(sample_weight, n_samples, y_enc):
+    """``sample_weight`` as a new float64 array, or None; each defect named."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, torch.Tensor):
+        sample_weight = sample_weight.detach().cpu().numpy()
+    # asarray, not np.ndim: array-likes may refuse numpy's function protocol
+    sample_weight = np.asarray(sample_weight)
+    if sample_weight.ndim != 1:
+        raise ValueError(
+            "sample_weight must be 1-D, of shape (n_samples,), got shape "
+            f"{sample_weight.shape}."
+        )
+    # copy: the caller's array is never written, nor shared with the net
+    sw = check_array(sample_weight, ensure_2d=False, dtype=np.float64,
+                     ensure_all_finite=False, copy=True, input_name="sample_weight")
+    if sw.shape[0] != n_samples:
+        raise ValueError(
+            f"sample_weight has {sw.shape[0]} values but X has {n_samples} "
+            "samples; pass one weight per sample."
+        )
+    for bad, what in ((np.isnan(sw), "NaN"), (np.isinf(sw), "infinity")):
+        if bad.any():
+            raise ValueError(
+                f"sample_weight contains {what} ({int(bad.sum())} values); weights "
+                "must be finite."
+            )
+    if (sw < 0).any():
+        raise ValueError(
+            f"sample_weight has {int((sw < 0).sum())} negative values; weights "
+            "must be non-negative."
+        )
+    if not sw.any():
+        raise ValueError(
+            "sample_weight is zero for every sample; at least one weight must be "
+            "positive."
+        )
+    if len(np.unique(y_enc[sw > 0])) < 2:
+        raise ValueError(
+            "sample_weight is zero for every sample of all classes but one; at "
+            "least 2 classes with positive weight are needed to train a classifier."
+        )
+    return sw
+
+
+def _take_rows(rows, X, *arrays):
+    """Rows of ``X`` (an array or a dataset) and of aligned 1-D arrays."""
+    X = Subset(X, rows.tolist()) if is_dataset(X) else X[rows]
+    return (X, *(None if a is None else a[rows] for a in arrays))
 
 
 def _no_print(*args, **kwargs):
