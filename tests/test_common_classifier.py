@@ -33,6 +33,12 @@ EXPECTED_FAILED = {
         "matrix products differently, so probabilities differ by ~2e-7, above "
         "the check's 1e-7 tolerance"
     ),
+    "check_sample_weight_equivalence_on_dense_data": (
+        "weighting equals repeating rows in full-batch training (the loss is "
+        "sum(w_i L_i) / sum(w_i)), but in float32 the two sums round differently: "
+        "probabilities differ by ~5e-8 (relative 1e-6) after 15 epochs, above the "
+        "check's 1e-7 tolerance; tests/test_transfer_weights.py checks it at 1e-5"
+    ),
 }
 
 

@@ -326,13 +326,25 @@ def test_target_share_needs_sample_domain():
         clf(target_share=0.5).fit(X, y)
 
 
-@pytest.mark.parametrize("group, missing", [("target", "target"), ("aux", "auxiliary")])
-def test_target_share_needs_both_groups_in_training(group, missing):
+@pytest.mark.parametrize("group", ["target", "aux"])
+def test_target_share_with_one_group_left_shuffles_as_usual(group):
+    """A selector that keeps only the target (a search's target-only candidate)
+    leaves nothing to balance: the fit is the one without target_share."""
     X, y, domain = make_data()
-    w = np.ones(len(y))
-    w[(domain < 0) if group == "target" else (domain > 0)] = 0.0
-    with pytest.raises(ValueError, match=rf"training part .* has no {missing}"):
-        clf(target_share=0.5).fit(X, y, sample_domain=domain, sample_weight=w)
+    keep = (domain < 0) if group == "target" else (domain > 0)
+    shared = clf(target_share=0.5).fit(X[keep], y[keep], sample_domain=domain[keep])
+    plain = clf().fit(X[keep], y[keep])
+    assert_same_params(shared, plain)
+
+
+def test_max_steps_gives_every_training_set_the_same_compute():
+    X, y, domain = make_data()
+    small = clf(max_steps=20, max_epochs=100).fit(X[:64], y[:64])
+    large = clf(max_steps=20, max_epochs=100).fit(X, y)
+    # 2 batches an epoch -> 10 epochs; 7 batches an epoch -> 3 epochs
+    assert len(small.net_.history) == 10 and len(large.net_.history) == 3
+    capped = clf(max_steps=1000, max_epochs=4).fit(X[:64], y[:64])
+    assert len(capped.net_.history) == 4
 
 
 @pytest.mark.parametrize("share", [0, 1, 1.5, -0.1, "half"])

@@ -313,6 +313,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         Passed to the optimizer (decoupled for AdamW).
     max_epochs : int, default=10
         Number of training epochs (the most, with early stopping).
+    max_steps : int, default=None
+        Train for about this many optimizer steps (mini-batches) whatever the
+        size of the training set after selection: the number of epochs
+        closest to it (at least one, at most ``max_epochs``). Selectors that
+        keep different amounts of data then get the same compute, which
+        makes a search over selectors fair. ``None``: ``max_epochs`` epochs.
     batch_size : int, default=64
         Mini-batch size for training and prediction.
     early_stopping : bool, default=False
@@ -338,10 +344,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         samples (``sample_domain < 0``) make up ``target_share`` of the draws
         in expectation and auxiliary samples the rest, uniformly within each
         group; an epoch is still as many draws as there are training samples.
-        Needs ``sample_domain`` in :meth:`fit`, with target and auxiliary
-        samples left in the training part after selection (and after the
-        early-stopping hold-out). ``None`` shuffles the training set without
-        replacement, each sample once per epoch.
+        Needs ``sample_domain`` in :meth:`fit`. When the training part (after
+        selection and the early-stopping hold-out) holds only one of the two
+        groups, there is nothing to balance and it is shuffled as usual.
+        ``None`` shuffles the training set without replacement, each sample
+        once per epoch.
     accelerator : None, dict or accelerate.Accelerator, default=None
         Train through Hugging Face Accelerate (skorch's ``AccelerateMixin``)
         for mixed precision and multi-GPU data parallelism: a dict of
@@ -440,6 +447,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         "backbone_lr_scale": [Interval(numbers.Real, 0, None, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_steps": [None, Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
@@ -467,6 +475,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         backbone_lr_scale=0.1,
         weight_decay=0.0,
         max_epochs=10,
+        max_steps=None,
         batch_size=64,
         early_stopping=False,
         validation_fraction=0.1,
@@ -490,6 +499,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.backbone_lr_scale = backbone_lr_scale
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
+        self.max_steps = max_steps
         self.batch_size = batch_size
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -568,7 +578,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                     f"{np.unique(y_val[unseen]).tolist()}."
                 )
         if sample_domain is not None:
-            sample_domain, _ = check_sample_domain(sample_domain, len(X))
+            # the classifier takes any mix (a training fold, what a selector
+            # kept); a selector checks what it needs itself
+            sample_domain, _ = check_sample_domain(sample_domain, len(X),
+                                                   require_auxiliary=False,
+                                                   require_target=False)
         return X_val, y_val, sample_domain
 
     # -- building the network -----------------------------------------------
@@ -873,13 +887,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             loss_weight[train_idx] = sample_weight[train_idx] / sample_weight[train_idx].mean()
         generator = torch_generator(seeds[4])
         iterator = {"iterator_train__shuffle": True}
-        if self.target_share is not None:
-            iterator = {
-                "iterator_train__shuffle": False,
-                "iterator_train__sampler": self._target_sampler(
-                    sample_domain[train_idx], generator
-                ),
-            }
+        sampler = (None if self.target_share is None
+                   else self._target_sampler(sample_domain[train_idx], generator))
+        if sampler is not None:
+            iterator = {"iterator_train__shuffle": False,
+                        "iterator_train__sampler": sampler}
         optimizer, opt_kwargs = self._make_optimizer_kwargs()
         if groups:
             opt_kwargs["optimizer__param_groups"] = groups
@@ -891,7 +903,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             criterion=nn.CrossEntropyLoss,
             optimizer=optimizer,
             lr=base_lr,
-            max_epochs=self.max_epochs,
+            max_epochs=self._epochs(n_train),
             batch_size=self.batch_size,
             train_split=split,
             classes=list(range(len(self.classes_))),
@@ -924,19 +936,22 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             self.net_.device = str(next(self.net_.module_.parameters()).device)
         return self
 
+    def _epochs(self, n_train):
+        """Epochs of this fit: ``max_epochs``, or about ``max_steps`` steps."""
+        if self.max_steps is None:
+            return self.max_epochs
+        per_epoch = max(1, -(-int(n_train) // int(self.batch_size)))
+        return int(min(self.max_epochs, max(1, round(self.max_steps / per_epoch))))
+
     def _target_sampler(self, domain, generator):
         """Draws with replacement, ``target_share`` of them target samples."""
         is_target = domain < 0
         n_target = int(is_target.sum())
         n_aux = len(domain) - n_target
         if n_target == 0 or n_aux == 0:
-            missing = "target (negative)" if n_target == 0 else "auxiliary (positive)"
-            raise ValueError(
-                f"target_share={self.target_share} needs target and auxiliary "
-                f"samples to train on, but the training part ({len(domain)} samples, "
-                "after removing zero weights, selection and the early-stopping "
-                f"hold-out) has no {missing} sample in sample_domain."
-            )
+            # one group only (a selector kept just the target, say): there is
+            # nothing to balance, every sample is drawn alike
+            return None
         share = float(self.target_share)
         p = np.where(is_target, share / n_target, (1.0 - share) / n_aux)
         return WeightedRandomSampler(

@@ -257,7 +257,8 @@ def check_y(y, *, name="y", n_samples=None, classification=True):
     return y
 
 
-def check_sample_domain(sample_domain, n_samples, *, require_auxiliary=True):
+def check_sample_domain(sample_domain, n_samples, *, require_auxiliary=True,
+                        require_target=True):
     """Validate ``sample_domain`` (skada's convention) and return the target mask.
 
     Parameters
@@ -269,6 +270,8 @@ def check_sample_domain(sample_domain, n_samples, *, require_auxiliary=True):
         Number of samples of the X it belongs to.
     require_auxiliary : bool, default=True
         Whether at least one auxiliary (positive) sample is required.
+    require_target : bool, default=True
+        Whether at least one target (negative) sample is required.
 
     Returns
     -------
@@ -298,7 +301,7 @@ def check_sample_domain(sample_domain, n_samples, *, require_auxiliary=True):
             "(source / auxiliary)."
         )
     is_target = sd < 0
-    if not is_target.any():
+    if require_target and not is_target.any():
         raise ValueError(
             "sample_domain has no target sample (no negative value); mark the "
             "target-domain samples with a negative domain, e.g. -1."
