@@ -42,7 +42,7 @@ import torch
 from ..utils._threads import limit_threads
 from ._chunks import FeatureChunks, as_feature_source, block_rows, trim_heap
 from ._results import InfluenceResult
-from ._solvers import conjugate_gradient
+from ._solvers import batched_conjugate_gradient, conjugate_gradient
 
 # Largest k * (d + 1) for which a dense float64 Hessian is built (ResNet-50
 # features with 10 classes give 20,490).
@@ -376,6 +376,9 @@ class _HeadHessian:
         return blocks
 
     def matvec(self, V):
+        """``H V`` for ``V`` of shape (k, dp), or a stack (q, k, dp) at once."""
+        if V.ndim == 3:
+            return self._matvec_stack(V)
         design = self.design
         Vq, vb = design.split(V)
         acc, accb = design.accumulator(self.k)
@@ -386,6 +389,20 @@ class _HeadHessian:
             acc += Z.T @ X
             accb += Z.sum(0)
         return design.join(acc, accb) / self.n + self.pen * V
+
+    def _matvec_stack(self, V):
+        # one pair of matrix products per chunk serves every column
+        design, k = self.design, self.k
+        q = V.shape[0]
+        Vq, vb = design.split(V.reshape(q * k, -1))
+        acc, accb = design.accumulator(q * k)
+        for sl, X in design:
+            P = self.P[sl][:, None, :]
+            PU = P * (X @ Vq.T + vb).reshape(len(X), q, k)
+            Z = (PU - P * PU.sum(2, keepdim=True)).reshape(len(X), q * k)
+            acc += Z.T @ X
+            accb += Z.sum(0)
+        return design.join(acc, accb).reshape(V.shape) / self.n + self.pen * V
 
     def dense(self, chunk_elems=2**22):
         # rows per GEMM such that the (rows, k·dp) operand stays at 32 MiB:
@@ -424,8 +441,8 @@ def _add_null_projector(H, k, dp, scale):
 def _block_preconditioner(blocks):
     inv = torch.linalg.inv(blocks)
 
-    def precond(R):
-        return torch.einsum("jcd,dj->cj", inv, R)
+    def precond(R):  # R of shape (k, dp), or a stack (q, k, dp)
+        return torch.einsum("jcd,...dj->...cj", inv, R)
     return precond
 
 
@@ -719,7 +736,7 @@ class _HeadSolve:
 
         def op(V):
             HV = self.hess.matvec(V) + lam * self.cols * V
-            return HV + mu * V.mean(0, keepdim=True)  # + mu * P_null V
+            return HV + mu * V.mean(-2, keepdim=True)  # + mu * P_null V
         return op
 
     def solve(self, G):
@@ -753,14 +770,30 @@ class _HeadSolve:
         return _project_null(S)
 
     def solve_many(self, G):
-        """Solve for a stack ``G`` of shape (q, k, dp): one factor, q columns."""
+        """Solve for a stack ``G`` of shape (q, k, dp): one factor (Cholesky), or
+        one batched CG whose products serve every column."""
         if self.solver != "cholesky":
-            return torch.stack([self.solve(g) for g in G])
+            return self._cg_many(G)
         q = G.shape[0]
         S = torch.cholesky_solve(_project_null(G).reshape(q, -1).T, self.L).T
         S = S.reshape(G.shape)
         self.n_iter = 0
         return S
+
+    def _cg_many(self, G):
+        G = _project_null(G)
+        blocks = self.blocks + self.mean_diag / self.hess.k  # the null-space term
+        eye = torch.eye(self.hess.k, dtype=blocks.dtype, device=blocks.device)
+        lam = self.ladder[0]
+        S, info = batched_conjugate_gradient(
+            self._op(lam), G, tol=self.tol, max_iter=self.max_iter or 10 * G[0].numel(),
+            preconditioner=_block_preconditioner(
+                blocks + lam * self.cols[:, None, None] * eye))
+        if not info["converged"]:
+            # the damping ladder, column by column, where the batch fell short
+            return torch.stack([self.solve(g) for g in G])
+        self.damping, self.n_iter = lam, info["n_iter"]
+        return _project_null(S)
 
     def residual(self, S, G):
         G = _project_null(G)
@@ -947,14 +980,11 @@ def _score_head(tr, y_tr, va, y_va, W=None, b=None, *, n_classes, alpha, damping
                             damping=damping, solver=solver, tol=tol, verbose=verbose,
                             need_factor=need_factor, max_iter=cg_max_iter,
                             damping_columns=coords.columns(1.0, 1.0))
-            if hs.solver == "cg":
-                sols, iters = [], []
-                for g in G:
-                    sols.append(hs.solve(g))
-                    iters.append(hs.n_iter)
-                S, n_iter = torch.stack(sols), max(iters)
+            if len(G) == 1:
+                S = hs.solve(G[0])[None]
             else:
-                S, n_iter = hs.solve_many(G), 0
+                S = hs.solve_many(G)
+            n_iter = hs.n_iter
             lam, used = hs.damping, hs.solver
             resid = max(hs.residual(s, g) for s, g in zip(S, G, strict=True))
         seconds["solve"] = time.perf_counter() - t2

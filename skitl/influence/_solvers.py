@@ -103,6 +103,79 @@ def conjugate_gradient(matvec, b, *, x0=None, tol=1e-10, max_iter=None,
     return x, info
 
 
+def batched_conjugate_gradient(matvec, B, *, tol=1e-10, max_iter=None,
+                               preconditioner=None):
+    """Conjugate gradient for ``A x_j = b_j``, every column at once.
+
+    The same iteration as :func:`conjugate_gradient` run for each column
+    ``B[j]`` with its own step sizes, sharing one ``matvec`` per iteration
+    (the operator's products for many columns cost little more than for one
+    when they are matrix-matrix products). A column stops moving once it
+    converged; the loop ends when all did.
+
+    Parameters
+    ----------
+    matvec : callable
+        ``V -> A V`` applied to a stack of shape ``B.shape``.
+    B : torch.Tensor of shape (q, ...)
+        Right-hand sides, one per leading index.
+    tol : float, default=1e-10
+        Per column, stop when ``‖A x − b‖ / ‖b‖ <= tol``.
+    max_iter : int, optional
+        Most iterations; ``10 * B[0].numel()`` by default.
+    preconditioner : callable, optional
+        ``R -> M⁻¹ R`` on a stack.
+
+    Returns
+    -------
+    X : torch.Tensor of the shape of ``B``
+    info : dict
+        ``residual`` (largest relative residual), ``residuals`` (per column),
+        ``n_iter`` (iterations of the slowest column), ``converged`` (all),
+        ``negative_curvature`` (any).
+    """
+    q = B.shape[0]
+    dims = tuple(range(1, B.ndim))
+    shape = (q,) + (1,) * (B.ndim - 1)
+    max_iter = 10 * B[0].numel() if max_iter is None else int(max_iter)
+    bnorm = torch.linalg.vector_norm(B, dim=dims)
+    safe = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
+    X = torch.zeros_like(B)
+    R = B.clone()
+    Z = preconditioner(R) if preconditioner is not None else R
+    P = Z.clone()
+    rz = (R * Z).sum(dims)
+    active = bnorm > 0
+    res = torch.linalg.vector_norm(R, dim=dims) / safe
+    info = {"residual": 0.0, "residuals": res, "n_iter": 0, "converged": False,
+            "negative_curvature": False}
+    n_iter = 0
+    while n_iter < max_iter and bool(active.any()):
+        n_iter += 1
+        AP = matvec(P)
+        pAp = (P * AP).sum(dims)
+        bad = active & ~(torch.isfinite(pAp) & (pAp > 0))
+        if bool(bad.any()):
+            info["negative_curvature"] = True
+            active = active & ~bad
+        a = torch.where(active, rz / torch.where(pAp > 0, pAp, torch.ones_like(pAp)),
+                        torch.zeros_like(pAp))
+        X = X + a.reshape(shape) * P
+        R = R - a.reshape(shape) * AP
+        res = torch.linalg.vector_norm(R, dim=dims) / safe
+        active = active & (res > tol) & torch.isfinite(res)
+        Z = preconditioner(R) if preconditioner is not None else R
+        rz_new = (R * Z).sum(dims)
+        beta = torch.where(active, rz_new / torch.where(rz != 0, rz, torch.ones_like(rz)),
+                           torch.zeros_like(rz))
+        P = torch.where(active.reshape(shape), Z + beta.reshape(shape) * P,
+                        torch.zeros_like(P))
+        rz = rz_new
+    info.update(residual=float(res.max()), residuals=res, n_iter=n_iter,
+                converged=bool((res <= tol).all()))
+    return X, info
+
+
 def power_iteration(matvec, like, *, n_iter=20, generator=None):
     """Estimate the largest eigenvalue of a symmetric PSD operator.
 
