@@ -82,7 +82,7 @@ def transfer_classifier(module, weights, cfg, *, transform, device, random_state
         random_state=random_state, **params)
 
 
-def fit_score(estimator, X, y, keep, X_test, **params):
+def fit_score(estimator, X, y, keep, X_test, *, sample_domain=None, **params):
     """Fine-tune a clone on the kept rows and predict ``X_test``.
 
     Parameters
@@ -94,6 +94,8 @@ def fit_score(estimator, X, y, keep, X_test, **params):
         Mask or indices (repeats weight a row by its count).
     X_test : array or Dataset
         What to predict.
+    sample_domain : ndarray of int, optional
+        Domains of the rows of ``X`` (passed to ``fit`` for the kept rows).
     **params
         Set on the clone.
 
@@ -108,7 +110,7 @@ def fit_score(estimator, X, y, keep, X_test, **params):
     """
     from skitl._experiment import finetune
 
-    clf, seconds = finetune(estimator, X, y, keep, **params)
+    clf, seconds = finetune(estimator, X, y, keep, sample_domain=sample_domain, **params)
     return clf.predict(X_test), seconds, len(clf.net_.history)
 
 

@@ -134,12 +134,31 @@ ROWS = {
                       "count)",
     "undersample": "random undersampling of the majority to the minority's count",
     "oracle": "remove exactly the harmful part (or a group-balanced subsample)",
-    "target_only": "train on the target samples of the pool only",
+    "target_only": "train on the target samples only (those of the pool; X_val on "
+                   "one-domain pools)",
+    "influence_default": "InfluenceSampleSelector with its defaults (alpha='scale', "
+                         "target_validation='whole', threshold 0), given sample_domain "
+                         "(mixed pools) or X_val (one-domain pools)",
+    "influence_default_auto": "the same with max_remove='auto'",
+    "influence_old": "the defaults shipped before (alpha=1e-3, "
+                     "target_validation='cross_fit'), given what influence_default is",
+    "influence_old_auto": "the same with max_remove='auto'",
+    "influence_sd_whole": "influence, the whole target of the pool against a head "
+                          "fitted on the auxiliary samples (target_validation='whole'), "
+                          "at the task's alpha, threshold 0",
+    "loss_auto": "out-of-fold loss with max_remove='auto' (the target loss of refitted "
+                 "heads decides the count)",
+    "search": "GridSearchCV over the selector (skitl.model_selection.selector_grid: "
+              "none, target only, influence, influence auto, domain classifier, "
+              "out-of-fold loss auto; undersampling on imbalance), 3 test folds of "
+              "target samples (TargetStratifiedKFold; X_val stacked in as the target "
+              "on one-domain pools), scored on the target (balanced accuracy on "
+              "imbalance), refitted on everything with its pick",
 }
-#: The row whose removal count the @count baselines copy.
-REFERENCE = "influence_val_auto"
+#: The row whose removal count the @count baselines copy (a task may name another).
+REFERENCE = "influence_default"
 #: Rows that are not comparisons but references (excluded from the verdict).
-REFERENCE_ROWS = ("oracle", "target_only")
+REFERENCE_ROWS = ("oracle", "target_only", "search")
 #: Selections whose scores give a removal curve: curve name -> selection.
 CURVES = {
     "influence_val": "influence_val",
@@ -159,7 +178,7 @@ _ROW_COLUMNS = (
     "task", "setting", "seed", "row", "accuracy", "balanced_accuracy", "worst_group",
     "n_pool", "n_candidates", "n_train", "n_removed", "removed_pct", "aux_removed_pct",
     "target_removed", "minority_removed_pct", "n_upweighted", "precision", "recall",
-    "auroc", "score_seconds", "fit_seconds", "epochs_run",
+    "auroc", "score_seconds", "fit_seconds", "epochs_run", "pick", "resolved", "n_fits",
 )
 _CURVE_COLUMNS = (
     "task", "setting", "seed", "curve", "retrain", "direction", "pct", "n_removed",
@@ -223,6 +242,9 @@ def resolve_config(args):
 #: Rows whose selector is fitted against X_val.
 _VAL_ROWS = ("influence_val", "influence_val_auto", "influence_val_auto_all", "domain",
              "domain@count")
+#: Rows given what a user has: sample_domain on a mixed pool, X_val otherwise.
+_USER_ROWS = ("influence_default", "influence_default_auto", "influence_old",
+              "influence_old_auto", "loss_auto")
 
 
 def build_selector(name, estimator, cfg, seed, count, device):
@@ -236,13 +258,29 @@ def build_selector(name, estimator, cfg, seed, count, device):
     )
 
     common = dict(alpha=cfg["alpha"], cv=cfg["cv"], random_state=seed, device=device)
+    shipped = dict(random_state=seed, device=device)
+    old = dict(alpha=1e-3, target_validation="cross_fit", **shipped)
+    if name == "influence_default":
+        return InfluenceSampleSelector(estimator, **shipped)
+    if name == "influence_default_auto":
+        return InfluenceSampleSelector(estimator, max_remove="auto", **shipped)
+    if name == "influence_old":
+        return InfluenceSampleSelector(estimator, **old)
+    if name == "influence_old_auto":
+        return InfluenceSampleSelector(estimator, max_remove="auto", **old)
+    if name == "loss_auto":
+        return LossSelector(estimator, max_remove="auto", **shipped)
+    if name == "influence_sd_whole":
+        return InfluenceSampleSelector(estimator, target_validation="whole", **common)
     if name in ("influence_val", "influence_sd", "influence_pool"):
-        return InfluenceSampleSelector(estimator, **common)
+        return InfluenceSampleSelector(estimator, target_validation="cross_fit",
+                                       **common)
     if name in ("influence_val_auto", "influence_sd_auto"):
-        return InfluenceSampleSelector(estimator, max_remove="auto", **common)
+        return InfluenceSampleSelector(estimator, max_remove="auto",
+                                       target_validation="cross_fit", **common)
     if name in ("influence_val_auto_all", "influence_sd_auto_all"):
         return InfluenceSampleSelector(estimator, threshold=np.inf, max_remove="auto",
-                                       **common)
+                                       target_validation="cross_fit", **common)
     if name == "domain":
         return DomainClassifierSelector(estimator, **common)
     if name == "domain@count":
@@ -265,16 +303,18 @@ class Selections:
     fitting the reference.
     """
 
-    def __init__(self, d, estimator, cfg, seed, device, stored_count=None):
+    def __init__(self, d, estimator, cfg, seed, device, stored_count=None,
+                 reference=REFERENCE):
         self.d, self.estimator, self.cfg = d, estimator, cfg
         self.seed, self.device = seed, device
         self.stored_count = stored_count
+        self.reference = reference
         self._done = {}
 
     def count(self):
-        if REFERENCE not in self._done and self.stored_count is not None:
+        if self.reference not in self._done and self.stored_count is not None:
             return int(self.stored_count)
-        return self.get(REFERENCE)["n_removed"]
+        return self.get(self.reference)["n_removed"]
 
     def get(self, name):
         from skitl._experiment import fit_selection
@@ -285,7 +325,7 @@ class Selections:
             sel = build_selector(name, self.estimator, self.cfg, self.seed, count,
                                  self.device)
             kw = {}
-            if name in _VAL_ROWS:
+            if name in _VAL_ROWS or (name in _USER_ROWS and d.sample_domain is None):
                 kw.update(X_val=d.X_val, y_val=d.y_val)
             if name != "influence_pool" and d.sample_domain is not None:
                 kw["sample_domain"] = d.sample_domain
@@ -293,11 +333,16 @@ class Selections:
         return self._done[name]
 
 
-def finetune_predict(estimator, cfg, X, y, idx, X_test, steps=None):
-    """Fine-tune on the rows ``idx`` for the step budget and predict ``X_test``."""
-    epochs = epochs_for(cfg["steps"] if steps is None else steps, cfg["batch_size"],
-                        len(idx))
-    return _harness.fit_score(estimator, X, y, idx, X_test, max_epochs=epochs)
+def finetune_predict(estimator, cfg, X, y, idx, X_test, steps=None, sample_domain=None):
+    """Fine-tune on the rows ``idx`` for the step budget and predict ``X_test``.
+
+    With ``cfg["target_share"]`` the classifier draws that share of every batch
+    from the target samples (``sample_domain`` of the rows is passed to it).
+    """
+    steps = cfg["steps"] if steps is None else steps
+    params = dict(max_epochs=MAX_EPOCHS, max_steps=steps)
+    sd = sample_domain if cfg.get("target_share") else None
+    return _harness.fit_score(estimator, X, y, idx, X_test, sample_domain=sd, **params)
 
 
 def _repeat(idx, times):
@@ -320,6 +365,8 @@ def training_set(row, sel, task, d, seed):
             "precision": np.nan, "recall": np.nan, "auroc": np.nan}
     if row == "finetune_all":
         return every, info
+    if row == "target_only" and d.target_keep is None:
+        return None, info  # the target is X_val: trained on in run()
     if row in ("oracle", "target_only"):
         keep = d.oracle_keep if row == "oracle" else d.target_keep
         info["removed"] = ~keep
@@ -332,7 +379,8 @@ def training_set(row, sel, task, d, seed):
         # samples it gets wrong are repeated lambda times in the second
         t0 = time.perf_counter()
         pred, _, _ = finetune_predict(sel.estimator, task.cfg, d.X, d.y, every, d.X,
-                                      steps=task.cfg["jtt_steps"])
+                                      steps=task.cfg["jtt_steps"],
+                                      sample_domain=d.sample_domain)
         wrong = pred != d.y
         info.update(seconds=time.perf_counter() - t0, n_upweighted=int(wrong.sum()))
         return _repeat(every, np.where(wrong, task.cfg["jtt_lambda"], 1)), info
@@ -354,6 +402,76 @@ def training_set(row, sel, task, d, seed):
     info.update(removed=~s["mask"], scores=s["scores"], seconds=s["seconds"],
                 precision=s["precision"], recall=s["recall"], auroc=s["auroc"])
     return every[s["mask"]], info
+
+
+def search_candidates(task):
+    """The candidates of the search row (names of ``selector_grid``)."""
+    names = ["none", "target_only", "influence", "influence_auto", "domain", "loss_auto"]
+    if task.metric == "balanced_accuracy":
+        names.append("undersample")
+    return names
+
+
+def run_search(task, base, cfg, d, seed, n_splits=3):
+    """The recipe a user runs: a search over the selector scored on the target.
+
+    Returns what a row needs: predictions of the test set by the refitted best
+    candidate, the wall time of the whole search, the epochs of the refit and
+    ``info`` (the pick, whether it was resolved from the runner-up, the
+    number of fits, and ``kept``: the pool rows the refit trained on).
+    """
+    import tempfile
+
+    import sklearn
+    from sklearn.base import clone
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+    from sklearn.model_selection import GridSearchCV
+
+    from skitl.metrics import make_target_scorer
+    from skitl.model_selection import (
+        TargetStratifiedKFold,
+        search_report,
+        selector_grid,
+        stack_target,
+    )
+
+    if d.sample_domain is not None:
+        X, y, sd = d.X, d.y, d.sample_domain
+    else:
+        X, y, sd = stack_target(d.X, d.y, d.X_val, d.y_val)
+    metric = (balanced_accuracy_score if task.metric == "balanced_accuracy"
+              else accuracy_score)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="skitl-search-") as cache, \
+            sklearn.config_context(enable_metadata_routing=True):
+        clf = clone(base).set_params(max_epochs=MAX_EPOCHS, max_steps=cfg["steps"])
+        clf.set_fit_request(sample_domain=True)
+        grid = selector_grid(search_candidates(task), memory=cache, cv=cfg["cv"],
+                             random_state=seed)
+        search = GridSearchCV(clf, grid, scoring=make_target_scorer(metric),
+                              cv=TargetStratifiedKFold(n_splits, shuffle=True,
+                                                       random_state=seed),
+                              error_score="raise", refit=True)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            search.fit(X, y, sample_domain=sd)
+    secs = time.perf_counter() - t0
+    report = search_report(search)
+    best = search.best_estimator_
+    sel = best.selector_
+    kept = (np.ones(len(y), bool) if sel is None
+            else np.isin(np.arange(len(y)), sel.sample_indices_))
+    n = len(d.y)
+    info = {"removed": ~kept[:n], "seconds": secs, "n_upweighted": 0,
+            "precision": np.nan, "recall": np.nan, "auroc": np.nan,
+            "pick": report.best, "resolved": report.resolved,
+            "n_fits": len(search.cv_results_["params"]) * n_splits + 1, "kept": kept}
+    if d.harmful is not None and (~kept[:n]).any():
+        info["precision"] = float(d.harmful[~kept[:n]].mean())
+        info["recall"] = float((~kept[:n])[d.harmful].mean())
+    return best.predict(d.X_test), secs, len(best.net_.history), info
 
 
 def task_metrics(y_true, pred, groups=None):
@@ -386,7 +504,8 @@ def row_record(task, setting, seed, row, d, idx, info, metrics, fit_seconds, epo
                               if d.minority is not None else np.nan),
         n_upweighted=info["n_upweighted"], precision=info["precision"],
         recall=info["recall"], auroc=info["auroc"], score_seconds=info["seconds"],
-        fit_seconds=fit_seconds, epochs_run=epochs,
+        fit_seconds=fit_seconds, epochs_run=epochs, pick=info.get("pick", ""),
+        resolved=info.get("resolved", ""), n_fits=info.get("n_fits", 1),
     )
 
 
@@ -502,15 +621,30 @@ def run(args, argv=None):
             t_block = time.perf_counter()
             d = task.data(setting, seed)
             base = task.estimator(seed)
-            stored = store.rows_of(row=REFERENCE, **key)
+            reference = getattr(task, "reference", REFERENCE)
+            stored = store.rows_of(row=reference, **key)
             sel = Selections(d, base, cfg, seed, args.device,
-                             stored_count=stored[0]["n_removed"] if stored else None)
+                             stored_count=stored[0]["n_removed"] if stored else None,
+                             reference=reference)
             say(f"[{label}] pool {len(d.y)} ({int(d.is_target.sum())} target), X_val "
                 f"{len(d.y_val)}, test {len(d.y_test)}; {len(todo_rows)} rows and "
                 f"{len(todo_curves)} curves to run {task.info or ''}")
             for row in todo_rows:
-                idx, info = training_set(row, sel, task, d, seed)
-                pred, secs, epochs = finetune_predict(base, cfg, d.X, d.y, idx, d.X_test)
+                if row == "search":
+                    pred, secs, epochs, info = run_search(task, base, cfg, d, seed)
+                    idx = np.flatnonzero(info.pop("kept"))
+                elif row == "target_only" and d.target_keep is None:
+                    # a one-domain pool: the target is X_val, trained on alone
+                    _, info = training_set(row, sel, task, d, seed)
+                    info["removed"] = np.ones(len(d.y), bool)
+                    idx = np.arange(len(d.y_val))
+                    pred, secs, epochs = finetune_predict(base, cfg, d.X_val, d.y_val,
+                                                          idx, d.X_test)
+                else:
+                    idx, info = training_set(row, sel, task, d, seed)
+                    pred, secs, epochs = finetune_predict(base, cfg, d.X, d.y, idx,
+                                                          d.X_test,
+                                                          sample_domain=d.sample_domain)
                 metrics = task_metrics(d.y_test, pred, d.groups_test)
                 rec = row_record(task, setting, seed, row, d, idx, info, metrics, secs,
                                  epochs)
@@ -518,7 +652,8 @@ def run(args, argv=None):
                 say(f"  {row:<20} {task.metric} {metrics[task.metric]:.3f}  acc "
                     f"{metrics['accuracy']:.3f}  removed {rec['n_removed']:5d}  train "
                     f"{len(idx):5d}  prec {rec['precision']:.2f}  select "
-                    f"{info['seconds']:5.1f}s  fit {secs:5.1f}s")
+                    f"{info['seconds']:5.1f}s  fit {secs:5.1f}s"
+                    + (f"  pick {rec['pick']}" if rec["pick"] else ""))
                 write_page(stem, task, store, cstore, run_info, seeds, final=False)
                 if args.pause:
                     time.sleep(args.pause)
