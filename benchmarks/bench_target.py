@@ -124,9 +124,11 @@ ROWS = {
                       "sample a candidate)",
     "domain": "domain classifier (target vs pool), its own rule (log density "
               "ratio < 0)",
-    "domain@count": "domain classifier at influence_val_auto's count",
-    "loss@count": "out-of-fold loss on the pool at influence_val_auto's count",
-    "random@count": "random at influence_val_auto's count",
+    "domain@count": "domain classifier at the reference row's count "
+                    "(influence_val_auto; influence_default on aux_mix and "
+                    "cifar10_imbalance)",
+    "loss@count": "out-of-fold loss on the pool at the reference row's count",
+    "random@count": "random at the reference row's count",
     "cleanlab": "confident learning (cleanlab) on out-of-fold probabilities",
     "jtt": "JTT upweighting: samples a first fine-tuning of jtt_steps steps "
            "misclassifies, repeated jtt_lambda times",
@@ -155,8 +157,9 @@ ROWS = {
               "on one-domain pools), scored on the target (balanced accuracy on "
               "imbalance), refitted on everything with its pick",
 }
-#: The row whose removal count the @count baselines copy (a task may name another).
-REFERENCE = "influence_default"
+#: The row whose removal count the @count baselines copy (a task may name another:
+#: Task.reference).
+REFERENCE = "influence_val_auto"
 #: Rows that are not comparisons but references (excluded from the verdict).
 REFERENCE_ROWS = ("oracle", "target_only", "search")
 #: Selections whose scores give a removal curve: curve name -> selection.
@@ -444,10 +447,12 @@ def run_search(task, base, cfg, d, seed, n_splits=3):
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skitl-search-") as cache, \
             sklearn.config_context(enable_metadata_routing=True):
-        clf = clone(base).set_params(max_epochs=MAX_EPOCHS, max_steps=cfg["steps"])
-        clf.set_fit_request(sample_domain=True)
+        # the grid first: its undersampling candidate imports imbalanced-learn,
+        # which changes scikit-learn's routing methods for objects made later
         grid = selector_grid(search_candidates(task), memory=cache, cv=cfg["cv"],
                              random_state=seed)
+        clf = clone(base).set_params(max_epochs=MAX_EPOCHS, max_steps=cfg["steps"])
+        clf.set_fit_request(sample_domain=True)
         search = GridSearchCV(clf, grid, scoring=make_target_scorer(metric),
                               cv=TargetStratifiedKFold(n_splits, shuffle=True,
                                                        random_state=seed),

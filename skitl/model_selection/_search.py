@@ -51,6 +51,13 @@ def selector_grid(include=DEFAULT_CANDIDATES, *, memory=None, cv=5, random_state
     grid : dict
         ``{"selector": [...]}``, a ``param_grid`` for ``GridSearchCV``.
 
+    Notes
+    -----
+    ``"undersample"`` imports imbalanced-learn, which adds its own method to
+    scikit-learn's metadata routing; an estimator whose requests were set
+    before that import (``set_fit_request``) then fails in the search. Make
+    the grid (or import imbalanced-learn) before configuring the classifier.
+
     Examples
     --------
     >>> from skitl.model_selection import selector_grid
