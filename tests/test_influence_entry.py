@@ -140,3 +140,50 @@ def test_fold_plan_adapts_to_small_classes():
     y1 = np.r_[np.zeros(20, int), 1]
     fold_of, n = make_folds(y1, 5, n_classes=2, random_state=0, adapt=True)
     assert n == 5 and (fold_of >= 0).all()  # unstratified, every sample held out once
+
+
+# -- the attribution matrix -----------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_attribution_matrix_is_the_score_of_each_query(digits, solver, tmp_path):
+    from skitl.influence import attribution_matrix
+
+    F, y, Fv, yv = digits
+    M = attribution_matrix(F, y, Fv[:40], yv[:40], n_classes=10, alpha=ALPHA,
+                           solver=solver, block_size=16)
+    assert M.shape == (len(y), 40)
+    # each column: the query alone as the validation set
+    for j in (0, 17, 39):
+        one = head_influence(F, y, Fv[j:j + 1], yv[j:j + 1], n_classes=10, alpha=ALPHA)
+        np.testing.assert_allclose(M[:, j], one.scores, rtol=1e-7,
+                                   atol=1e-9 * np.abs(one.scores).max())
+    # their mean: the mean-loss score against all the queries
+    mean = head_influence(F, y, Fv[:40], yv[:40], n_classes=10, alpha=ALPHA)
+    np.testing.assert_allclose(M.mean(1), mean.scores, rtol=1e-7,
+                               atol=1e-9 * np.abs(mean.scores).max())
+    # written into a memmap block by block
+    out = np.lib.format.open_memmap(tmp_path / "A.npy", mode="w+", dtype=np.float64,
+                                    shape=M.shape)
+    attribution_matrix(F, y, Fv[:40], yv[:40], n_classes=10, alpha=ALPHA, solver=solver,
+                       block_size=16, out=out)
+    np.testing.assert_allclose(np.asarray(out), M, rtol=1e-9, atol=1e-15)
+    with pytest.raises(ValueError, match="out must have shape"):
+        attribution_matrix(F, y, Fv[:4], yv[:4], n_classes=10, alpha=ALPHA,
+                           out=np.empty((3, 3)))
+
+
+def test_selector_attribution_averages_to_its_scores(digits):
+    import warnings
+
+    from skitl import InfluenceSampleSelector
+
+    F, y, Fv, yv = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sel = InfluenceSampleSelector(random_state=0).fit(F, y, X_val=Fv, y_val=yv)
+    M = sel.attribution(F, y, Fv, yv)
+    np.testing.assert_allclose(M.mean(1), sel.scores_, rtol=1e-7,
+                               atol=1e-9 * np.abs(sel.scores_).max())
+    with pytest.raises(ValueError, match="labels not seen in fit"):
+        sel.attribution(F, y, Fv[:2], np.array([0, 42]))

@@ -11,7 +11,13 @@ from ._crossfit import cross_fit_head_influence, make_folds, trim_weights
 from ._deep import deep_influence
 from ._ekfac import EKFAC
 from ._features import extract_features
-from ._head import choose_solver, fit_head, head_influence, predict_proba_head
+from ._head import (
+    attribution_matrix,
+    choose_solver,
+    fit_head,
+    head_influence,
+    predict_proba_head,
+)
 from ._options import (
     ArnoldiOptions,
     CGOptions,
@@ -40,6 +46,7 @@ __all__ = [
     "LiSSAOptions",
     "PrefixCache",
     "arnoldi",
+    "attribution_matrix",
     "arnoldi_solve",
     "choose_solver",
     "conjugate_gradient",

@@ -1100,3 +1100,111 @@ def head_influence(F_train, y_train, F_val, y_val, *, n_classes, alpha,
         residual=res.residual, n_iter=res.n_iter, seconds=seconds, params=params,
         W=res.W.cpu().numpy(), b=res.b.cpu().numpy(), info={"passes": res.passes},
     )
+
+
+def attribution_matrix(F_train, y_train, F_query, y_query, *, n_classes, alpha,
+                       damping="auto", solver="auto", W=None, b=None, block_size=256,
+                       out=None, tol=1e-10, device="cpu", chunk_size="auto"):
+    """Influence of every training sample on every query's loss: ``(n, q)``.
+
+    ``A[i, j] = (1/n) ∇L_jᵀ (H + damping I)⁻¹ ∇L_i``: the predicted increase of
+    query ``j``'s loss if training sample ``i`` is removed (positive = the
+    sample helps that query). The mean over the columns is the mean-loss score
+    of :func:`head_influence` with the queries as validation set.
+
+    One head fit and one factorisation of ``H`` serve every query: the
+    queries are processed in blocks of ``block_size`` (one right-hand side
+    each), and each block costs one pass over the training features. With a
+    dense Cholesky factor (``k (d+1)`` up to 20,500, chosen by
+    ``solver="auto"``) a block's solve is two triangular solves; with CG
+    every block is one batched CG run. Memory beyond the features: one
+    ``(n, block_size)`` float64 block, or nothing when ``out`` is a memmap.
+
+    Parameters
+    ----------
+    F_train : array-like of shape (n, d)
+        Training features (an ndarray, a ``numpy.memmap`` or any array-like
+        read by rows).
+    y_train : array-like of int of shape (n,)
+        Training labels in ``0..n_classes-1``.
+    F_query : array-like of shape (q, d)
+        Features of the queries (test samples whose loss is attributed).
+    y_query : array-like of int of shape (q,)
+        Their labels.
+    n_classes : int
+        Number of classes ``k``.
+    alpha : float
+        L2 strength of the head objective (bias not penalised).
+    damping : "auto" or float, default="auto"
+        As in :func:`head_influence`.
+    solver : {"auto", "cholesky", "cg"}, default="auto"
+        ``"auto"`` takes the dense factor whenever ``k (d+1)`` allows it (it
+        is reused by every query), CG otherwise.
+    W : ndarray of shape (n_classes, d), optional
+        A fitted head, with ``b``; fitted exactly on the training features
+        when omitted.
+    b : ndarray of shape (n_classes,), optional
+        Its bias.
+    block_size : int, default=256
+        Queries per block.
+    out : array-like of shape (n, q), optional
+        Where to write the matrix (e.g. a float32 or float64
+        ``numpy.memmap`` for a matrix larger than memory); a new float64
+        array when omitted.
+    tol : float, default=1e-10
+        Relative residual tolerance of CG.
+    device : str, default="cpu"
+        Torch device for the algebra.
+    chunk_size : int or "auto", default="auto"
+        Rows of training features per chunk.
+
+    Returns
+    -------
+    matrix : ndarray or the given ``out``, shape (n, q)
+    """
+    if (W is None) != (b is None):
+        raise ValueError("pass both W and b, or neither.")
+    tr = _check_features(F_train, "F_train", chunk_size=chunk_size, device=device)
+    qc = _check_features(F_query, "F_query", chunk_size=chunk_size, device=device)
+    if tr.d != qc.d:
+        raise ValueError(f"F_train has {tr.d} features, F_query {qc.d}.")
+    k = int(n_classes)
+    y_train = _check_labels(y_train, k, "y_train")
+    y_query = _check_labels(y_query, k, "y_query")
+    if len(y_train) != tr.n or len(y_query) != qc.n:
+        raise ValueError("features and labels have inconsistent lengths.")
+    block_size = int(block_size)
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}.")
+    n, q = tr.n, qc.n
+    if out is None:
+        out = np.empty((n, q))
+    elif tuple(out.shape) != (n, q):
+        raise ValueError(f"out must have shape ({n}, {q}), got {tuple(out.shape)}.")
+    dev = tr.device
+    with limit_threads():
+        coords = _Coords.whitening(tr)
+        A = _Design(tr, coords, cache=True)
+        yt = torch.as_tensor(y_train, device=dev)
+        P = torch.empty(n, k, dtype=torch.float64, device=dev)
+        if W is None:
+            W, b = _fit_in(A, yt, k, alpha, tol=1e-10, max_iter=1000, init=None, P=P)
+        _proba(tr, W, b, out=P)
+        dp = coords.dp
+        if solver == "auto" and k * dp <= DENSE_MAX_DIM:
+            solver = "cholesky"
+        hs = _HeadSolve(_HeadHessian(A, P, coords.columns(alpha, 0.0)), damping=damping,
+                        solver=solver, tol=tol, need_factor=solver == "cholesky",
+                        damping_columns=coords.columns(1.0, 1.0))
+        Pq = _proba(qc, W, b)
+        yq = torch.as_tensor(y_query, device=dev)
+        for s in range(0, q, block_size):
+            e = min(s + block_size, q)
+            # the gradient of each query's own loss, in the solve's coordinates
+            Dq = _Design(qc.subset(np.arange(s, e)), coords)
+            Aq = torch.cat([Dq.rows(X) for _, X in Dq._centred()])
+            Rq = _residuals(Pq[s:e], yq[s:e])
+            G = _project_null(Rq[:, :, None] * Aq[:, None, :])
+            S = hs.solve_many(G)
+            out[:, s:e] = _score_rows(A, P, yt, S, n)
+    return out

@@ -2,6 +2,7 @@
 
 import numbers
 
+import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._network import install_head
@@ -372,6 +373,60 @@ class InfluenceSampleSelector(FeatureSelector):
         }
         return Scored(res.scores, {"influence_": info, "network_": network},
                       res.features, res.features_val, res.eval_folds)
+
+    def attribution(self, X, y, X_query, y_query, *, block_size=256, out=None):
+        """Influence of each training sample on each query's loss, as fitted.
+
+        ``A[i, j]``: the predicted increase of query ``j``'s loss if training
+        sample ``i`` were removed (positive = it helps that query), with the
+        fitted configuration (the pretrained network's head features, the
+        ``alpha`` in ``influence_["alpha"]``); the mean over the queries is
+        the score against them as a validation set. One head fit and one
+        factorisation serve every query (see
+        :func:`skitl.influence.attribution_matrix`). Head parameters only.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or torch Dataset
+            The training samples (those given to :meth:`fit`).
+        y : array-like of shape (n_samples,)
+            Their labels.
+        X_query : array-like of shape (n_queries, ...) or torch Dataset
+            The samples whose loss is attributed (test images, say).
+        y_query : array-like of shape (n_queries,)
+            Their labels (classes seen in :meth:`fit`).
+        block_size : int, default=256
+            Queries per block (memory: one ``(n_samples, block_size)`` block).
+        out : array-like of shape (n_samples, n_queries), optional
+            Where to write the matrix (a ``numpy.memmap`` for a large one).
+
+        Returns
+        -------
+        matrix : ndarray of shape (n_samples, n_queries)
+        """
+        from sklearn.utils.validation import check_is_fitted
+
+        from ..influence import attribution_matrix
+        from ..utils import check_X, check_y
+
+        check_is_fitted(self, "scores_")
+        if self.params != "head":
+            raise ValueError(
+                f"attribution is computed for the head; this selector analysed "
+                f"params={self.params!r}.")
+        X, X_query = check_X(X, name="X"), check_X(X_query, name="X_query")
+        y = self._encoder.transform(check_y(y, n_samples=len(X)))
+        y_query = check_y(y_query, name="y_query", n_samples=len(X_query))
+        unseen = np.setdiff1d(np.unique(y_query), self.classes_)
+        if len(unseen):
+            raise ValueError(f"y_query contains labels not seen in fit: {unseen.tolist()}.")
+        net, head_name = self._network()
+        F, Fq = (self._features(net, head_name, Z) for Z in (X, X_query))
+        return attribution_matrix(F, y, Fq, self._encoder.transform(y_query),
+                                  n_classes=len(self.classes_),
+                                  alpha=self.influence_["alpha"], damping=self.damping,
+                                  block_size=block_size, out=out,
+                                  device=self._device())
 
     def _rule_alpha(self):
         # max_remove="auto" refits heads with the alpha the scores used
