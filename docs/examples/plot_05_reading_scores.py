@@ -103,9 +103,10 @@ fig.suptitle("given label (true label) and n * scores_", fontsize=9)
 # 200 clean target images; for 20 samples (the 10 lowest and 10 highest
 # scores) the head is refitted without them, exactly, from the same features.
 X_val, y_val = data.X_test[:200], data.y_test[:200]
-alpha = sel.alpha
-sel_val = InfluenceSampleSelector(TransferClassifier(source_net), alpha=alpha)
+sel_val = InfluenceSampleSelector(TransferClassifier(source_net))
 sel_val.fit(data.X_train, data.y_train, X_val=X_val, y_val=y_val)
+# ``alpha="scale"`` resolved to a number on these features; refit with it.
+alpha = sel_val.influence_["alpha"]
 
 F_train = extract_features(source_net, data.X_train, layer="fc")
 F_val = extract_features(source_net, X_val, layer="fc")

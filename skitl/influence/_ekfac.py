@@ -63,11 +63,8 @@ class _Kronecker:
         return a, g
 
     def accumulate(self, a, g):
-        a2 = a.reshape(-1, a.shape[-1]).double()
-        g2 = g.reshape(-1, g.shape[-1]).double()
-        A, S = a2.T @ a2, g2.T @ g2
-        self.A = A if self.A is None else self.A + A
-        self.S = S if self.S is None else self.S + S
+        self.A = _add_gram(self.A, a.reshape(-1, a.shape[-1]))
+        self.S = _add_gram(self.S, g.reshape(-1, g.shape[-1]))
 
     def eigenbases(self, n_a, n_g):
         self.liveA, self.QA = _live_eigh(self.A / n_a)
@@ -194,6 +191,27 @@ class _Dense:
         for k, part in zip(keys, torch.split(x, self.sizes)):
             out[k] = part.view(vd[k].shape).to(vd[k].dtype)
         return out
+
+
+def _add_gram(M, Z):
+    """``M + Zᵀ Z`` in float64, skipping the columns of ``Z`` that are all zero.
+
+    A convolution's unfolded input holds whole columns of zeros where its
+    kernel reads the padding: on ResNet-18's last block at 32 px (a 1x1 map)
+    8 of the 9 taps of each 3x3 kernel, so the product over the rest costs
+    1/81 of the full one and gives the same factor.
+    """
+    d = Z.shape[1]
+    if M is None:
+        M = torch.zeros(d, d, dtype=torch.float64, device=Z.device)
+    used = torch.nonzero(Z.abs().amax(0) > 0).flatten()
+    if len(used) == d:
+        Z = Z.double()
+        M += Z.T @ Z
+    elif len(used):
+        Z = Z[:, used].double()
+        M[used[:, None], used[None, :]] += Z.T @ Z
+    return M
 
 
 def _live_eigh(M):
