@@ -65,7 +65,9 @@ CONFIGS = {
     "cifar10_imbalance": dict(
         optimizer="sgd", lr=0.05, backbone_lr_scale=0.2, weight_decay=5e-4,
         batch_size=32, alpha=1e-3, cv=5, augment=True, settings=["resnet20"],
-        n_majority=1000, n_minority=22, n_val_per_class=20, n_test_per_class=100,
+        # CIFAR-10's test set has 1,000 images per class: the majority class's
+        # pool, X_val and test images must fit in them (880 + 20 + 100).
+        n_majority=880, n_minority=18, n_val_per_class=20, n_test_per_class=100,
         steps=300, jtt_steps=100, jtt_lambda=5,
         quick=dict(n_majority=300, n_minority=10, n_val_per_class=10,
                    n_test_per_class=30, steps=30, jtt_steps=10),
@@ -571,6 +573,10 @@ class CifarImbalanceTask(Task):
             idx = rng.permutation(np.flatnonzero(y == k))
             n = c["n_majority"] if k == major else c["n_minority"]
             a, b = n + c["n_val_per_class"], n + c["n_val_per_class"] + c["n_test_per_class"]
+            if b > len(idx):
+                raise SystemExit(
+                    f"class {k} has {len(idx)} images, fewer than its pool, X_val and "
+                    f"test need ({n} + {c['n_val_per_class']} + {c['n_test_per_class']})")
             pool.append(idx[:n])
             val.append(idx[n:a])
             test.append(idx[a:b])
