@@ -19,7 +19,7 @@ FLOORS = [
     ("plumbing", ("skitl._network",)),
     ("engine", ("skitl.influence",)),
     ("estimators", ("skitl.selection", "skitl.classification", "skitl.metrics",
-                    "skitl.model_selection")),
+                    "skitl.model_selection", "skitl.skada")),
     ("top", ("skitl._experiment", "skitl._demo", "skitl._cli", "skitl.__main__",
              "skitl")),
 ]
