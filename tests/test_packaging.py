@@ -59,32 +59,42 @@ def test_demo_runs_end_to_end(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "finetune+influence_auto" in table and "partial" in table
     target = (tmp_path / "results_target.md").read_text()
-    for row in ("finetune_all", "influence", "domain", "loss@count", "random@count",
-                "target_only"):
+    for row in ("finetune_all", "influence_defaults", "influence", "domain", "loss@count",
+                "random@count", "target_only", "search"):
         assert f"| {row} |" in target, row
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert len(rows) == 4
 
 
-def test_readme_quick_start_runs():
-    """The README's quick start and its search, with 1 epoch and 2 splits."""
+def test_readme_search_and_quick_start_run(tmp_path, monkeypatch):
+    """The README's search and its quick start, with 1 epoch, 2 splits, 3 candidates."""
     text = (ROOT / "README.md").read_text()
-    fit_block, search_block = re.findall(r"```python\n(.*?)```", text, flags=re.S)[:2]
-    assert "max_epochs=30" in fit_block and "StratifiedKFold(3" in search_block
-    code = (fit_block.replace("max_epochs=30", "max_epochs=1")
-            + search_block.replace("StratifiedKFold(3", "StratifiedKFold(2"))
+    search_block, fit_block = re.findall(r"```python\n(.*?)```", text, flags=re.S)[:2]
+    for promise in ("max_epochs=60", "TargetStratifiedKFold(3",
+                    'selector_grid(memory="skitl-cache"'):
+        assert promise in search_block, promise
+    assert "max_epochs=60" in fit_block
+    code = (search_block.replace("max_epochs=60", "max_epochs=1")
+            .replace("TargetStratifiedKFold(3", "TargetStratifiedKFold(2")
+            .replace('selector_grid(memory="skitl-cache"',
+                     'selector_grid(["none", "target_only", "influence"], '
+                     'memory="skitl-cache"')
+            + fit_block.replace("max_epochs=60", "max_epochs=1"))
+    monkeypatch.chdir(tmp_path)            # the search's score cache lands here
     namespace = {}
-    # the quick start turns metadata routing on globally; keep it out of other tests
+    # the README turns metadata routing on globally; keep it out of other tests
     with sklearn.config_context():
         exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
-    clf, search = namespace["clf"], namespace["search"]
+    search, report, clf = namespace["search"], namespace["report"], namespace["clf"]
     domain = namespace["sample_domain"]
+    assert len(search.cv_results_["params"]) == 3
+    assert report.best in {row["candidate"] for row in report.table}
+    assert 0.0 <= search.best_score_ <= 1.0
+    assert (tmp_path / "skitl-cache").is_dir()
     kept = clf.selector_.support_
     assert kept[domain < 0].all()          # target samples are never removal candidates
     assert 0 < clf.selector_.n_removed_ <= (domain > 0).sum()
-    assert len(search.cv_results_["params"]) == 2
-    assert 0.0 <= search.best_score_ <= 1.0
 
 
 def test_ruff_clean():
