@@ -16,7 +16,8 @@ from skitl.influence import (
     head_influence,
     predict_proba_head,
 )
-from skitl.influence._chunks import FeatureChunks, _page_releaser
+from skitl.influence._chunks import FeatureChunks
+from skitl.utils._memmap import page_releaser as _page_releaser
 
 ALPHA = 1e-3
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -272,6 +273,29 @@ def test_subset_pass_releases_every_row_it_spans(tmp_path, data):
     starts = rows[::16]
     assert [lo for lo, _ in released] == [starts[0]] + list(starts[:-1])
     assert released[-1][1] == rows[-1] + 1
+
+
+def test_validation_releases_the_rows_it_checked(tmp_path, monkeypatch):
+    # The public path checks a memmap for NaN chunk by chunk; without releasing
+    # what it read, a 1 GB feature file stayed mapped (resident) after fit's
+    # validation.
+    import skitl.utils._validation as validation
+
+    F = np.ones((300_000, 8), np.float32)  # 2.4 M values: several check blocks
+    M = _memmap(tmp_path, F, "big.npy")
+    released = []
+    real = validation.page_releaser
+
+    def recording(X):
+        release = real(X)
+        assert release is not None
+        return lambda lo, hi: (released.append((lo, hi)), release(lo, hi))
+
+    monkeypatch.setattr(validation, "page_releaser", recording)
+    assert validation.check_X(M, name="X") is M  # checked, returned as is
+    assert len(released) > 1 and released[0][0] == 0 and released[-1][1] == len(F)
+    for (_, hi), (lo2, _) in zip(released, released[1:]):
+        assert lo2 == hi
 
 
 def test_nonfinite_memmap_is_named(tmp_path, data):

@@ -12,11 +12,12 @@ of size ``n × d`` is ever held in float64.
 
 import ctypes
 import ctypes.util
-import mmap
 import numbers
 
 import numpy as np
 import torch
+
+from ..utils._memmap import page_releaser
 
 # Rows per chunk for chunked sources: about 128 k float64 values (1 MiB). A
 # chunk this small stays in the CPU's L2 cache through the cast, the centring
@@ -31,45 +32,6 @@ _ONE_CHUNK_ELEMS = 2**27
 
 def _is_array_like(F):
     return hasattr(F, "shape") and hasattr(F, "__getitem__") and hasattr(F, "__len__")
-
-
-def _page_releaser(F):
-    """Return ``release(first_row, stop_row)`` for a shared file mapping, else None.
-
-    Pages of a ``numpy.memmap`` that were read stay mapped, and count in the
-    process's resident memory, until the kernel needs them back: a pass over
-    a 2 GB feature file would "use" 2 GB. ``MADV_DONTNEED`` unmaps the pages
-    of rows already processed; the data stays in the page cache (and in the
-    file), so a later read costs a minor fault, not a disk read. Only shared
-    mappings qualify: on a copy-on-write (``mode="c"``) memmap it would drop
-    the caller's unsaved edits.
-    """
-    if not isinstance(F, np.memmap) or getattr(F, "mode", None) == "c":
-        return None
-    mm = getattr(F, "_mmap", None)
-    if not isinstance(mm, mmap.mmap) or not hasattr(mm, "madvise") or F.ndim != 2:
-        return None
-    if F.strides[1] != F.itemsize or F.strides[0] <= 0:
-        return None
-    try:
-        base = np.frombuffer(mm, dtype=np.uint8).__array_interface__["data"][0]
-    except (TypeError, ValueError):  # closed or otherwise unusable mapping
-        return None
-    start = F.__array_interface__["data"][0] - base
-    row = F.strides[0]
-    page = mmap.PAGESIZE
-    size = len(mm)
-
-    def release(first, stop):
-        lo = (start + first * row) // page * page
-        hi = min(size, -(-(start + stop * row) // page) * page)
-        if hi > lo:
-            try:
-                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-            except (OSError, ValueError):
-                pass  # only a memory optimisation
-
-    return release
 
 
 class FeatureChunks:
@@ -127,7 +89,7 @@ class FeatureChunks:
         else:
             raise ValueError(f"chunk_size must be 'auto' or an int >= 1, got {chunk_size!r}.")
         self.single = in_memory and self.chunk_size >= self.n
-        self._release = _page_releaser(F)
+        self._release = page_releaser(F)
         self.passes = 0
 
     def subset(self, rows):

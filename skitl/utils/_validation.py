@@ -17,6 +17,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, validate_data
 from torch.utils.data import Dataset
 
+from ._memmap import page_releaser
+
 
 def is_dataset(X):
     """Whether ``X`` is a torch ``Dataset`` (or a dataset-like view such as
@@ -116,11 +118,16 @@ def _check_out_of_core(X, name, min_samples):
     if kind == "f":
         per_row = int(np.prod(shape[1:]))
         step = max(1, _CHECK_ELEMS // max(per_row, 1))
+        # the check reads every row once; unmapping what it read keeps a large
+        # memmap from counting in resident memory after validation
+        release = page_releaser(X) if len(shape) == 2 else None
         for s in range(0, shape[0], step):
             block = np.asarray(X[s:s + step])
             if not np.isfinite(block).all():
                 what = "NaN" if np.isnan(block).any() else "infinity"
                 raise ValueError(f"Input {name} contains {what}.")
+            if release is not None:
+                release(s, min(s + step, shape[0]))
     return X
 
 
