@@ -53,6 +53,7 @@ from skitl.influence import (
     influence_scores,
     predict_proba_head,
 )
+from skitl.influence._prior import resolve_alpha
 from skitl.models import pretrain_source_cnn
 
 
@@ -169,8 +170,12 @@ def head_loo(args):
     rng = np.random.default_rng(args.seed)
     idx = rng.permutation(len(X))
     X, y = X[idx] / 16.0, y[idx]
-    n, m, alpha = args.loo_n_train, 300, args.loo_alpha
+    n, m = args.loo_n_train, 300
     F_, yt, Fv, yv = X[:n], y[:n], X[n:n + m], y[n:n + m]
+    alpha = args.loo_alpha
+    if alpha == "scale":  # the selector's default prior, resolved on these features
+        alpha, _ = resolve_alpha("scale", F=F_, y=yt, n_classes=10)
+    alpha = float(alpha)
     t = time.perf_counter()
     W, b = fit_head(F_, yt, 10, alpha=alpha)
     base = val_loss(Fv, yv, W, b)
@@ -182,6 +187,9 @@ def head_loo(args):
     t_loo = time.perf_counter() - t
     print(f"\nLOO: head on digits pixels, {n} train / {m} val, alpha {alpha}; "
           f"brute-force LOO: {n} refits in {t_loo:.1f}s")
+    if args.loo_alpha == "scale":
+        print("(alpha='scale': 0.1 x the mean feature variance, InfluenceSampleSelector's "
+              "default)")
     print(f"{'method':52s} {'Pearson':>8s} {'Spearman':>9s} {'seconds':>8s}")
     for hess, solver in (("exact", "cholesky"), ("exact", "cg"), ("identity", "auto")):
         t = time.perf_counter()
@@ -191,6 +199,10 @@ def head_loo(args):
         print(f"{f'skitl head, hessian={hess}, solver={r.solver}':52s} "
               f"{pearsonr(r.scores, loo)[0]:8.4f} {spearmanr(r.scores, loo)[0]:9.4f} "
               f"{sec:8.3f}")
+
+
+def _alpha_arg(text):
+    return text if text == "scale" else float(text)
 
 
 def build_parser():
@@ -209,7 +221,9 @@ def build_parser():
     ap.add_argument("--deep-params", nargs="+", default=["all"])
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--loo-n-train", type=int, default=150)
-    ap.add_argument("--loo-alpha", type=float, default=1e-2)
+    ap.add_argument("--loo-alpha", type=_alpha_arg, default=1e-2,
+                    help="L2 of the LOO head: a number or 'scale' (the selector's "
+                         "default, resolved on the features)")
     ap.add_argument("--skip-lds", action="store_true")
     ap.add_argument("--skip-loo", action="store_true")
     _harness.add_arguments(ap, "threads", "seed", threads=dict(
