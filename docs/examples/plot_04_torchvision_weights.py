@@ -26,7 +26,6 @@ import os
 import tempfile
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
