@@ -242,3 +242,41 @@ def test_grid_search_routes_sample_domain(target, tmp_path):
     assert selector.influence_["mode"] == "target_whole"
     text = (tmp_path / "target_grid_t.txt").read_text()
     assert "cv_results_" in text and "best_params_" in text
+
+
+def test_search_trust_report_regret(tmp_path):
+    """The regret of the search's pick is the best candidate row's metric
+    minus the picked candidate's, per seed; one-domain pools are kept out of
+    the summary by target size."""
+    trust = _load("report_search_trust")
+    fields = ["task", "setting", "seed", "row", "accuracy", "worst_group", "pick",
+              "resolved"]
+    rows = []
+    for seed, (pick, acc) in enumerate([("none", {"finetune_all": 0.80,
+                                                  "target_only": 0.85,
+                                                  "influence_default": 0.83}),
+                                        ("TargetOnlySelector()", {"finetune_all": 0.70,
+                                                                  "target_only": 0.90,
+                                                                  "influence_default": 0.90})]):
+        for row, a in acc.items():
+            rows.append(dict(task="aux_mix", setting="10", seed=seed, row=row, accuracy=a))
+        rows.append(dict(task="aux_mix", setting="10", seed=seed, row="search",
+                         accuracy=0.0, pick=pick, resolved=str(seed == 1)))
+    rows.append(dict(task="spurious", setting="", seed=0, row="finetune_all",
+                     worst_group=0.5))
+    rows.append(dict(task="spurious", setting="", seed=0, row="search", worst_group=0.4,
+                     pick="none", resolved="False"))
+    with open(tmp_path / "target_mix.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    records = trust.decisions(trust.load(tmp_path))
+    mix = sorted((r for r in records if r["task"] == "aux_mix"), key=lambda r: r["seed"])
+    assert [r["per_class"] for r in mix] == [10, 10]
+    assert mix[0]["regret"] == pytest.approx(5.0) and mix[0]["best"] == "target_only"
+    assert mix[1]["regret"] == pytest.approx(0.0) and mix[1]["resolved"]
+    text = trust.table(records)
+    assert "| aux_mix | 10 | 10 | exact | 2 | 1 | 1 | 2.5 | 5.0 | 1 | 0.0 |" in text
+    assert "| spurious | – | 30 | approximate | 1 | 1 |" in text
+    summary = text.split("Mixed pools only:")[1]
+    assert "| 10 | 2 | 1 | 2.5 | 5.0 |" in summary and "| 30 |" not in summary
