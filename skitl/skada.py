@@ -34,7 +34,7 @@ from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.validation import check_consistent_length, check_is_fitted
 
 from .selection import InfluenceSampleSelector
-from .selection._base import _class_floor, _take
+from .selection._base import SupportMixin, _class_floor, _take
 
 __all__ = ["SelectorAdapter", "make_selection_pipeline"]
 
@@ -80,7 +80,7 @@ def _column(values, name, n_samples):
     return arr
 
 
-class SelectorAdapter(BaseEstimator):
+class SelectorAdapter(SupportMixin, BaseEstimator):
     """Make a skitl selector a step of ``skada.make_da_pipeline``.
 
     At ``fit`` (skada calls ``fit_transform``), a clone of ``selector`` is
@@ -341,22 +341,6 @@ class SelectorAdapter(BaseEstimator):
         """
         check_is_fitted(self, "support_")
         return X
-
-    def get_support(self, indices=False):
-        """Mask or indices of the rows kept at the last fit.
-
-        Parameters
-        ----------
-        indices : bool, default=False
-            Return ascending integer indices instead of a boolean mask.
-
-        Returns
-        -------
-        support : ndarray
-            ``support_``, or ``sample_indices_`` when ``indices=True``.
-        """
-        check_is_fitted(self, "support_")
-        return self.sample_indices_ if indices else self.support_
 
     def _selector_labels(self, y, masked, target, target_labels):
         """``y`` with the target entries taken from ``target_labels``."""

@@ -99,7 +99,28 @@ def removal_mask(scores, y, *, candidates, max_remove=None, class_floor=True):
     return remove, protected
 
 
-class BaseSelector(BaseEstimator):
+class SupportMixin:
+    """``get_support`` of an estimator that keeps rows (``support_`` and
+    ``sample_indices_`` set by its ``fit``)."""
+
+    def get_support(self, indices=False):
+        """Mask or indices of the samples kept at the last fit.
+
+        Parameters
+        ----------
+        indices : bool, default=False
+            Return ascending integer indices instead of a boolean mask.
+
+        Returns
+        -------
+        support : ndarray
+            ``support_``, or ``sample_indices_`` when ``indices=True``.
+        """
+        check_is_fitted(self, "support_")
+        return self.sample_indices_ if indices else self.support_
+
+
+class BaseSelector(SupportMixin, BaseEstimator):
     """Base class of skitl selectors: scores, a removal rule, ``fit_resample``.
 
     Subclasses implement :meth:`_compute_scores` and may override
@@ -311,22 +332,6 @@ class BaseSelector(BaseEstimator):
         """
         self.fit(X, y, X_val, y_val, sample_domain=sample_domain)
         return _take(X, self.sample_indices_), _take(y, self.sample_indices_)
-
-    def get_support(self, indices=False):
-        """Mask or indices of the kept samples.
-
-        Parameters
-        ----------
-        indices : bool, default=False
-            Return ascending integer indices instead of a boolean mask.
-
-        Returns
-        -------
-        support : ndarray
-            ``support_``, or ``sample_indices_`` when ``indices=True``.
-        """
-        check_is_fitted(self, "support_")
-        return self.sample_indices_ if indices else self.support_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
