@@ -517,9 +517,8 @@ class CifarImbalanceTask(Task):
     the training data and reported error 6.35 -> 4.18 % with pruning. Offline:
     the published CIFAR-10 ResNet-20 (or ResNet-32, the setting) fine-tuned on
     the JPEG CIFAR-10 test images, the majority class drawn per seed; a
-    balanced ``X_val`` and a balanced test set; balanced accuracy, the worst
-    class's recall (``worst_group``) and the mean recall of the minority
-    classes.
+    balanced ``X_val`` and a balanced test set; balanced accuracy (the mean
+    recall over classes) and the worst class's recall (``worst_group``).
     """
 
     metric = "balanced_accuracy"

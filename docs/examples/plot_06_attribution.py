@@ -10,8 +10,10 @@ image ``i`` were removed (positive: it helps that image; negative: it hurts
 it). Its mean over the queries is the selector's score against them.
 
 One head fit and one factorisation of the Hessian serve every query
-(:func:`skitl.influence.attribution_matrix`), so hundreds of queries cost
-about as much as one mean-loss score. Here: digits with 20 % of the training
+(:func:`skitl.influence.attribution_matrix`), so hundreds of queries cost a
+few mean-loss scores, not hundreds (500 queries on MNIST at 14 x 14 with 10
+classes: 1.6 times one score computed with the same factorisation, 4.8
+times the default conjugate-gradient score). Here: digits with 20 % of the training
 labels flipped, a small CNN pretrained on the source digits; for a few test
 digits, the training images that help their prediction most and those that
 hurt it most. The harmful ones are mostly mislabelled.
