@@ -23,12 +23,16 @@ Usage::
 
 import argparse
 import collections
-import csv
 import glob
 import os
 import statistics
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from _harness import read_csv  # noqa: E402
+from _target_tasks import TASK_CLASSES  # noqa: E402
 
 #: The row that fine-tunes with each candidate of ``selector_grid``.
 PICK_ROW = {
@@ -56,9 +60,6 @@ TARGET_PER_CLASS = {
 #: Tasks whose pool is one domain: the search stacks X_val in (see above).
 ONE_DOMAIN = {"spurious", "spurious_texture", "imbalance", "cifar10_imbalance"}
 
-METRIC = {"spurious": "worst_group", "spurious_texture": "worst_group",
-          "imbalance": "balanced_accuracy", "cifar10_imbalance": "balanced_accuracy"}
-
 
 def load(results):
     """Rows of every task's CSVs, by (task, setting) then row then seed."""
@@ -66,9 +67,8 @@ def load(results):
     for path in sorted(glob.glob(os.path.join(results, "target_*.csv"))):
         if path.endswith("_curves.csv"):
             continue
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                cells[(r["task"], r["setting"])][r["row"]][int(r["seed"])] = r
+        for r in read_csv(path):
+            cells[(r["task"], str(r["setting"]))][r["row"]][r["seed"]] = r
     return cells
 
 
@@ -76,7 +76,7 @@ def decisions(cells):
     """One record per (task, setting, seed) with a search row."""
     out = []
     for (task, setting), rows in sorted(cells.items()):
-        metric = METRIC.get(task, "accuracy")
+        metric = TASK_CLASSES[task].metric
         for seed, s in sorted(rows.get("search", {}).items()):
             cand = {row: float(rows[row][seed][metric]) for row in sorted(set(PICK_ROW.values()))
                     if seed in rows.get(row, {})}
@@ -87,7 +87,7 @@ def decisions(cells):
             out.append(dict(task=task, setting=setting, seed=seed,
                             per_class=TARGET_PER_CLASS[task](setting), pick=picked,
                             best=best, regret=100 * (cand[best] - cand[picked]),
-                            resolved=s.get("resolved") == "True",
+                            resolved=str(s.get("resolved")) == "True",
                             n_candidates=len(cand)))
     return out
 
