@@ -625,7 +625,8 @@ class AuxMixTask(Task):
     rows = ("finetune_all", "target_only", "oracle", "influence_default",
             "influence_default_auto", "influence_old", "influence_old_auto",
             "influence_sd", "influence_sd_whole", "influence_val", "domain",
-            "loss_auto", "loss@count", "random@count", "cleanlab", "jtt", "search")
+            "loss_auto", "loss@count", "random@count", "cleanlab", "jtt", "search",
+            "influence_val_small", "influence_and_cleanlab")
 
     def _arrays(self):
         if not hasattr(self, "_mnist"):

@@ -150,6 +150,12 @@ ROWS = {
                           "at the task's alpha, threshold 0",
     "loss_auto": "out-of-fold loss with max_remove='auto' (the target loss of refitted "
                  "heads decides the count)",
+    "influence_val_small": "influence with its defaults against a separate X_val as "
+                           "small as the pool's target (the same count per class, "
+                           "drawn from X_val): the pool's target images are then "
+                           "trained on but not validated on",
+    "influence_and_cleanlab": "remove only what both influence_default and cleanlab "
+                              "remove (consensus)",
     "search": "GridSearchCV over the selector (skitl.model_selection.selector_grid: "
               "none, target only, influence, influence auto, domain classifier, "
               "out-of-fold loss auto; undersampling on imbalance), 3 test folds of "
@@ -263,7 +269,7 @@ def build_selector(name, estimator, cfg, seed, count, device):
     common = dict(alpha=cfg["alpha"], cv=cfg["cv"], random_state=seed, device=device)
     shipped = dict(random_state=seed, device=device)
     old = dict(alpha=1e-3, target_validation="cross_fit", **shipped)
-    if name == "influence_default":
+    if name in ("influence_default", "influence_val_small"):
         return InfluenceSampleSelector(estimator, **shipped)
     if name == "influence_default_auto":
         return InfluenceSampleSelector(estimator, max_remove="auto", **shipped)
@@ -330,10 +336,22 @@ class Selections:
             kw = {}
             if name in _VAL_ROWS or (name in _USER_ROWS and d.sample_domain is None):
                 kw.update(X_val=d.X_val, y_val=d.y_val)
+            if name == "influence_val_small":
+                pick = _like_target(d, self.seed)
+                kw.update(X_val=d.X_val[pick], y_val=d.y_val[pick])
             if name != "influence_pool" and d.sample_domain is not None:
                 kw["sample_domain"] = d.sample_domain
             self._done[name] = fit_selection(sel, d.X, d.y, is_corrupted=d.harmful, **kw)
         return self._done[name]
+
+
+def _like_target(d, seed):
+    """Indices into ``X_val``: as many per class as the pool's target has."""
+    rng = np.random.RandomState(seed)
+    per_class = np.bincount(d.y[d.is_target], minlength=int(d.y_val.max()) + 1)
+    return np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(d.y_val == k), min(n, int((d.y_val == k).sum())),
+                   replace=False) for k, n in enumerate(per_class) if n]))
 
 
 def finetune_predict(estimator, cfg, X, y, idx, X_test, steps=None, sample_domain=None):
@@ -350,6 +368,15 @@ def finetune_predict(estimator, cfg, X, y, idx, X_test, steps=None, sample_domai
 
 def _repeat(idx, times):
     return np.repeat(np.asarray(idx), np.asarray(times))
+
+
+def _kept(d, keep, info):
+    """Train on the rows ``keep`` of a rule without scores: precision and recall only."""
+    info["removed"] = ~keep
+    if d.harmful is not None:
+        info["precision"] = float(d.harmful[~keep].mean()) if (~keep).any() else np.nan
+        info["recall"] = float((~keep)[d.harmful].mean())
+    return np.flatnonzero(keep), info
 
 
 def training_set(row, sel, task, d, seed):
@@ -371,12 +398,7 @@ def training_set(row, sel, task, d, seed):
     if row == "target_only" and d.target_keep is None:
         return None, info  # the target is X_val: trained on in run()
     if row in ("oracle", "target_only"):
-        keep = d.oracle_keep if row == "oracle" else d.target_keep
-        info["removed"] = ~keep
-        if d.harmful is not None:
-            info["precision"] = float(d.harmful[~keep].mean()) if (~keep).any() else np.nan
-            info["recall"] = float((~keep)[d.harmful].mean())
-        return every[keep], info
+        return _kept(d, d.oracle_keep if row == "oracle" else d.target_keep, info)
     if row == "jtt":
         # JTT (Liu et al. 2021): a first, shorter fine-tuning on the pool; the
         # samples it gets wrong are repeated lambda times in the second
@@ -401,6 +423,9 @@ def training_set(row, sel, task, d, seed):
             keep[rng.choice(members, size=counts[counts > 0].min(), replace=False)] = True
         info["removed"] = ~keep
         return every[keep], info
+    if row == "influence_and_cleanlab":
+        return _kept(d, sel.get("influence_default")["mask"] | sel.get("cleanlab")["mask"],
+                     info)
     s = sel.get(row)
     info.update(removed=~s["mask"], scores=s["scores"], seconds=s["seconds"],
                 precision=s["precision"], recall=s["recall"], auroc=s["auroc"])

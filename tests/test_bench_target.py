@@ -280,3 +280,46 @@ def test_search_trust_report_regret(tmp_path):
     assert "| spurious | – | 30 | approximate | 1 | 1 |" in text
     summary = text.split("Mixed pools only:")[1]
     assert "| 10 | 2 | 1 | 2.5 | 5.0 |" in summary and "| 30 |" not in summary
+
+
+def _bunch(y, *, target=None, harmful=None, minority=None, y_val=None):
+    from sklearn.utils import Bunch
+
+    y = np.asarray(y)
+    is_target = np.zeros(len(y), bool) if target is None else np.asarray(target, bool)
+    return Bunch(y=y, is_target=is_target,
+                 sample_domain=None if target is None else np.where(is_target, -1, 1),
+                 harmful=harmful, minority=minority,
+                 y_val=None if y_val is None else np.asarray(y_val))
+
+
+def test_removal_by_class_counts_each_part():
+    """Per class: candidates only (not the target), removals of the harmful part;
+    a minority made of whole classes turns the lines into majority / minority."""
+    report = _load("report_removal_by_class")
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    target = np.array([1, 0, 0, 0, 1, 0, 0, 0], bool)
+    harmful = np.array([0, 1, 1, 0, 0, 0, 1, 0], bool)
+    removed = np.array([1, 1, 0, 0, 0, 1, 1, 0], bool)
+    c = report.counts(_bunch(y, target=target, harmful=harmful), removed)
+    assert c[0] == dict(n=3, removed=1, role=None, n_harmful=2, harmful_removed=1)
+    assert c[1] == dict(n=3, removed=2, role=None, n_harmful=1, harmful_removed=1)
+    lines = report.table([c, c])
+    assert lines[0].startswith("| class | candidates | removed | removed % | harmful |")
+    assert "| 1 | 3 | 2 | 66.7 | 1 | 1 |" in lines
+    # imbalance: the majority class differs by seed, so lines are by role
+    y2 = np.array([0] * 6 + [1, 2])
+    minority = y2 != 0
+    r2 = np.array([1, 1, 1, 0, 0, 0, 0, 1], bool)
+    seeds = [report.counts(_bunch(y2, minority=minority), r2),
+             report.counts(_bunch((y2 + 1) % 3, minority=minority), r2)]
+    text = report.table(seeds)
+    assert "| majority | 6 | 3 | 50.0 |" in text and "| minority | 2 | 1 | 50.0 |" in text
+
+
+def test_small_validation_set_mirrors_the_target(target):
+    d = _bunch([0, 0, 1, 2, 2, 2, 3], target=[1, 1, 1, 0, 0, 0, 0],
+               y_val=np.repeat([0, 1, 2, 3], 5))
+    pick = target._like_target(d, seed=0)
+    assert np.bincount(d.y_val[pick], minlength=4).tolist() == [2, 1, 0, 0]
+    assert (np.diff(pick) > 0).all()
