@@ -11,6 +11,9 @@ defaults, each a hypothesis about the gap:
 - ``iter<n>``: ``n`` rounds of remove-and-rescore on what is left;
 - ``top<n>``: the defaults' ranking, the ``n`` lowest removed (fewer
   removals);
+- ``auto_all``: the defaults' ranking, every auxiliary sample a candidate
+  (``threshold=None``) and the count chosen by the target
+  (``max_remove="auto"``);
 - ``share<p>``: the head weighted like the fine-tuning (the target is ``p``
   % of the head's training weight, by repetition) and validated on held-out
   target folds (3, one image per class each), scores averaged over folds;
@@ -43,7 +46,7 @@ import _harness  # noqa: E402
 import bench_target  # noqa: E402
 from _target_tasks import MAX_EPOCHS, TASK_CLASSES  # noqa: E402
 
-VARIANTS = ("default", "extra", "alpha1", "alpha3", "alpha10", "alpha30", "iter2",
+VARIANTS = ("default", "extra", "auto_all", "alpha1", "alpha3", "alpha10", "alpha30", "iter2",
             "iter3", "top1000", "top1250", "top1500", "share20", "share50", "pool0.01",
             "split1", "split2")
 COLUMNS = ("variant", "seed", "accuracy", "n_removed", "harmful_kept", "helpful_removed")
@@ -52,7 +55,8 @@ COLUMNS = ("variant", "seed", "accuracy", "n_removed", "harmful_kept", "helpful_
 def _fit(estimator, X, y, seed, **fit_params):
     from skitl import InfluenceSampleSelector
 
-    params = {k: fit_params.pop(k) for k in ("alpha", "max_remove") if k in fit_params}
+    params = {k: fit_params.pop(k) for k in ("alpha", "max_remove", "threshold")
+              if k in fit_params}
     sel = InfluenceSampleSelector(estimator, random_state=seed, device="cpu", **params)
     return sel.fit(X, y, **fit_params)
 
@@ -95,6 +99,9 @@ def select(variant, estimator, d, seed):
         pick = bench_target._like_target(d, seed)
         return _fit(estimator, d.X, d.y, seed, sample_domain=sd, X_val=d.X_val[pick],
                     y_val=d.y_val[pick]).support_, rows
+    if variant == "auto_all":
+        return _fit(estimator, d.X, d.y, seed, sample_domain=sd, threshold=None,
+                    max_remove="auto").support_, rows
     if variant.startswith("alpha"):
         return _fit(estimator, d.X, d.y, seed, sample_domain=sd,
                     alpha=float(variant[5:])).support_, rows
@@ -164,7 +171,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     for v in args.variants:
-        if not re.fullmatch(r"default|extra|(alpha|pool)[0-9.e-]+|(iter|top|share|split)\d+",
+        if not re.fullmatch(r"default|extra|auto_all|(alpha|pool)[0-9.e-]+|(iter|top|share|split)\d+",
                             v):
             parser.error(f"unknown variant {v!r}; see the list above")
     args.task, args.settings = "aux_mix", None

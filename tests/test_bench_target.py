@@ -323,3 +323,29 @@ def test_small_validation_set_mirrors_the_target(target):
     pick = target._like_target(d, seed=0)
     assert np.bincount(d.y_val[pick], minlength=4).tolist() == [2, 1, 0, 0]
     assert (np.diff(pick) > 0).all()
+
+
+def test_small_target_variants_keep_what_they_say():
+    """explore_small_target's variants on features (no network): rounds of
+    remove-and-rescore only remove more, ``top<n>`` removes n, ``split<n>``
+    never trains on the images that validated."""
+    explore = _load("explore_small_target")
+    rng = np.random.RandomState(0)
+    y = np.r_[np.repeat([0, 1, 2], 3), rng.randint(0, 3, 150)]
+    target = np.r_[np.ones(9, bool), np.zeros(150, bool)]
+    X = rng.randn(len(y), 4) + np.eye(3, 4)[y] * 2
+    X[~target] += 0.3
+    d = _bunch(y, target=target, harmful=np.r_[np.zeros(9, bool), rng.rand(150) < 0.3],
+               y_val=np.repeat([0, 1, 2], 4))
+    d.X, d.X_val = X, rng.randn(12, 4) + np.eye(3, 4)[d.y_val] * 2
+    keep, rows = explore.select("default", None, d, 0)
+    assert keep[target].all() and len(rows) == len(y)
+    more, _ = explore.select("iter2", None, d, 0)
+    assert not (more & ~keep).any()
+    top, _ = explore.select("top5", None, d, 0)
+    assert (~top).sum() == 5
+    split, rows = explore.select("split1", None, d, 0)
+    held = np.setdiff1d(np.arange(len(y)), rows)
+    assert len(held) == 3 and not split[held].any() and target[held].all()
+    with pytest.raises(ValueError, match="unknown variant"):
+        explore.select("nonsense", None, d, 0)
