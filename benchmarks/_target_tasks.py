@@ -526,7 +526,7 @@ class CifarImbalanceTask(Task):
     rows = ("finetune_all", "influence_default", "influence_default_auto",
             "influence_old", "influence_old_auto", "influence_val", "domain",
             "loss@count", "random@count", "class_reweight", "undersample",
-            "target_only", "search")
+            "nearmiss", "hardness", "target_only", "search")
 
     def describe(self):
         c = self.cfg

@@ -135,6 +135,12 @@ ROWS = {
     "class_reweight": "class reweighting (each class repeated to the majority's "
                       "count)",
     "undersample": "random undersampling of the majority to the minority's count",
+    "nearmiss": "imbalanced-learn's NearMiss (version 1) on the pretrained head "
+                "features: the majority samples closest to the minority are kept, "
+                "down to the minority's count",
+    "hardness": "imbalanced-learn's InstanceHardnessThreshold on the pretrained head "
+                "features (logistic regression, 5 folds): the majority samples it "
+                "finds hardest are removed, down to the minority's count",
     "oracle": "remove exactly the harmful part (or a group-balanced subsample)",
     "target_only": "train on the target samples only (those of the pool; X_val on "
                    "one-domain pools)",
@@ -379,6 +385,25 @@ def _kept(d, keep, info):
     return np.flatnonzero(keep), info
 
 
+def _imblearn_keep(row, sel, d, seed):
+    """The rows an imbalanced-learn under-sampler keeps, run on the head features."""
+    from imblearn.under_sampling import InstanceHardnessThreshold, NearMiss
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    F = np.asarray(head_features(sel.estimator, d.X, device=sel.device))
+    if row == "nearmiss":
+        sampler = NearMiss(version=1)
+    else:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        sampler = InstanceHardnessThreshold(estimator=clf, cv=5, random_state=seed)
+    sampler.fit_resample(F.reshape(len(F), -1), d.y)
+    keep = np.zeros(len(d.y), bool)
+    keep[sampler.sample_indices_] = True
+    return keep
+
+
 def training_set(row, sel, task, d, seed):
     """Indices into the pool to train on (repeats weight a sample), and facts.
 
@@ -423,6 +448,11 @@ def training_set(row, sel, task, d, seed):
             keep[rng.choice(members, size=counts[counts > 0].min(), replace=False)] = True
         info["removed"] = ~keep
         return every[keep], info
+    if row in ("nearmiss", "hardness"):
+        t0 = time.perf_counter()
+        keep = _imblearn_keep(row, sel, d, seed)
+        info["seconds"] = time.perf_counter() - t0
+        return _kept(d, keep, info)
     if row == "influence_and_cleanlab":
         return _kept(d, sel.get("influence_default")["mask"] | sel.get("cleanlab")["mask"],
                      info)
