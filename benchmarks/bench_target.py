@@ -23,6 +23,13 @@ correct:
   auxiliary pool of other JPEG images, half plain (helpful) and half heavily
   corrupted (rotated by 90 degrees plus Gaussian noise; correctly labelled,
   harmful);
+- ``cifar10_imbalance``: the method paper's setting, approximated offline:
+  the published CIFAR-10 ResNet-20 (or ResNet-32) on JPEG CIFAR-10 with one
+  class at 84 % of the pool and a balanced ``X_val``; balanced accuracy;
+- ``aux_mix``: a few USPS images per class as the target and MNIST framed
+  like USPS as the auxiliary part, two thirds correctly labelled (helpful)
+  and a third with shifted labels (harmful); a SmallCNN pretrained on digits
+  0-4 only;
 - ``digits_rot``: the mixed-pool protocol on scikit-learn's embedded digits
   (no files, seconds; used by the tests).
 
@@ -39,8 +46,11 @@ target at all; the domain classifier (its own rule, and at the count of
 ``influence_val_auto``); out-of-fold loss and random at that count;
 cleanlab; JTT-style upweighting (the samples a first, shorter fine-tuning
 misclassifies are repeated ``lambda`` times); class reweighting and
-undersampling (imbalance); the oracle (remove exactly the harmful part, or a
-group-balanced subsample) and target-only training.
+undersampling, imbalanced-learn's NearMiss and instance hardness
+(imbalance); the shipped and the previous defaults; the search over the
+selector scored on the target; the oracle (remove exactly the harmful part,
+or a group-balanced subsample) and target-only training. ``ROWS`` says what
+each trains on.
 
 Point-removal curves (OpenDataVal's protocol): for every scoring selector,
 the candidates are removed lowest-scored first and highest-scored first in
