@@ -335,6 +335,14 @@ class Selections:
         self.stored_count = stored_count
         self.reference = reference
         self._done = {}
+        self._features = None
+
+    def features(self):
+        """The pretrained network's head features of the pool, computed once."""
+        if self._features is None:
+            self._features = np.asarray(head_features(self.estimator, self.d.X,
+                                                      device=self.device))
+        return self._features
 
     def count(self):
         if self.reference not in self._done and self.stored_count is not None:
@@ -361,13 +369,18 @@ class Selections:
         return self._done[name]
 
 
+def draw_per_class(y, per_class, rng):
+    """Sorted positions into ``y``: ``per_class[k]`` of class ``k`` (at most all), drawn
+    without replacement, classes in ascending order."""
+    return np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(y == k), min(n, int((y == k).sum())), replace=False)
+        for k, n in enumerate(per_class) if n]))
+
+
 def _like_target(d, seed):
     """Indices into ``X_val``: as many per class as the pool's target has."""
-    rng = np.random.RandomState(seed)
     per_class = np.bincount(d.y[d.is_target], minlength=int(d.y_val.max()) + 1)
-    return np.sort(np.concatenate([
-        rng.choice(np.flatnonzero(d.y_val == k), min(n, int((d.y_val == k).sum())),
-                   replace=False) for k, n in enumerate(per_class) if n]))
+    return draw_per_class(d.y_val, per_class, np.random.RandomState(seed))
 
 
 def finetune_predict(estimator, cfg, X, y, idx, X_test, steps=None, sample_domain=None):
@@ -402,7 +415,7 @@ def _imblearn_keep(row, sel, d, seed):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    F = np.asarray(head_features(sel.estimator, d.X, device=sel.device))
+    F = sel.features()
     if row == "nearmiss":
         sampler = NearMiss(version=1)
     else:
@@ -558,9 +571,14 @@ def task_metrics(y_true, pred, groups=None):
     return out
 
 
+def removal_candidates(d):
+    """The samples a selection may remove: the auxiliary ones on a mixed pool, else all."""
+    return ~d.is_target if d.sample_domain is not None else np.ones(len(d.y), bool)
+
+
 def row_record(task, setting, seed, row, d, idx, info, metrics, fit_seconds, epochs):
     removed = info["removed"]
-    candidates = ~d.is_target if d.sample_domain is not None else np.ones(len(d.y), bool)
+    candidates = removal_candidates(d)
     n_cand = int(candidates.sum())
     aux = ~d.is_target
     return dict(
@@ -728,10 +746,9 @@ def run(args, argv=None):
                 if args.pause:
                     time.sleep(args.pause)
             if todo_curves:
-                F = head_features(base, d.X, device=args.device)
+                F = sel.features()
                 F_test = head_features(base, d.X_test, device=args.device)
-                cand = (~d.is_target if d.sample_domain is not None
-                        else np.ones(len(d.y), bool))
+                cand = removal_candidates(d)
                 for c, rt in todo_curves:
                     scores = sel.get(CURVES[c])["scores"]
                     if rt == "head":

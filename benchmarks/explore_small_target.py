@@ -120,11 +120,11 @@ def select(variant, estimator, d, seed):
     if variant.startswith("pool"):
         return _fit(estimator, d.X, d.y, seed, alpha=float(variant[4:])).support_, rows
     if variant.startswith("split"):
-        rng = np.random.RandomState(seed)
+        target = np.flatnonzero(d.is_target)
+        per_class = (np.bincount(d.y[target]) > 0) * int(variant[5:])
         val = np.zeros(len(d.y), bool)
-        for k in np.unique(d.y[d.is_target]):
-            members = np.flatnonzero(d.is_target & (d.y == k))
-            val[rng.choice(members, int(variant[5:]), replace=False)] = True
+        val[target[bench_target.draw_per_class(d.y[target], per_class,
+                                               np.random.RandomState(seed))]] = True
         rows = np.flatnonzero(~val)
         s = _fit(estimator, d.X[rows], d.y[rows], seed, sample_domain=sd[rows],
                  X_val=d.X[val], y_val=d.y[val])

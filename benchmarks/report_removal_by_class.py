@@ -42,7 +42,7 @@ def counts(d, removed):
     has them. ``role`` is ``"minority"`` / ``"majority"`` when the minority
     is whole classes (imbalance), else ``None``.
     """
-    candidates = ~d.is_target if d.sample_domain is not None else np.ones(len(d.y), bool)
+    candidates = bench_target.removal_candidates(d)
     out = {}
     for k in np.unique(d.y[candidates]):
         in_k = candidates & (d.y == k)
